@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: MIT
+// cleanup: receives one message per connection on private/cleanup (envelope, streamed body), enforces header
+// limits, adds Received:, writes the queue file and fsyncs it, and only then answers {ok, qid}.
+// Must not: speak SMTP to clients or deliver anything. It is the only writer of queue/tmp and queue/incoming.
+
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Config } from '../config/index.ts';
+import type { Logger } from '../log/index.ts';
+import type { Envelope } from '../core/envelope.ts';
+import { R, type Reply } from '../core/reply.ts';
+import { encodeJson, FrameDecoder, type Frame } from '../ipc/index.ts';
+import type { QueueStore, QueueWriter } from '../queue/index.ts';
+import { HeaderScanner, rfc5322Date } from './headers.ts';
+
+export { HeaderScanner, rfc5322Date } from './headers.ts';
+
+/** What cleanup needs from outside. */
+export interface CleanupDeps {
+  readonly log: Logger;
+  readonly store: QueueStore;
+  /** Called after each commit (qmgr is told so delivery starts at once). */
+  readonly onCommit?: (qid: string) => void;
+}
+
+/** A running cleanup service. */
+export interface Cleanup {
+  /** Listens on `path` (a Unix socket). */
+  listen(path: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Creates the cleanup service. */
+export function createCleanup(deps: CleanupDeps, cfg: Config): Cleanup {
+  const limits = {
+    maxHeaderSize: cfg.smtp.max_header_size,
+    maxHeaders: cfg.smtp.max_headers,
+    maxReceived: cfg.smtp.max_received_headers,
+  };
+  // Defence in depth: smtpd enforces the size; cleanup refuses anything clearly past it too.
+  const hardMax = cfg.smtp.max_message_size + 64 * 1024;
+  let server: Server | null = null;
+  const sockets = new Set<Socket>();
+
+  function handle(sock: Socket): void {
+    sockets.add(sock);
+    const dec = new FrameDecoder();
+    let writer: QueueWriter | null = null;
+    let envelope: Envelope | null = null;
+    let scanner: HeaderScanner | null = null;
+    let finished = false;
+    let chain: Promise<void> = Promise.resolve();
+    let pending = 0;
+
+    const answer = (msg: unknown) => {
+      if (!sock.destroyed) sock.end(encodeJson(msg));
+    };
+    const refuse = (r: Reply, reason: string) => {
+      finished = true;
+      void writer?.abort();
+      deps.log.info({ event: 'reject', qid: writer?.id, code: r.code, dsn: r.enhanced, reason });
+      answer({ ok: false, code: r.code, enhanced: r.enhanced, text: r.lines.join('\n'), reason });
+    };
+
+    async function frame(f: Frame): Promise<void> {
+      if (finished) return;
+      if (writer === null) {
+        if (f.kind !== 'json') return refuse(R.localError, 'protocol: expected begin');
+        const msg = JSON.parse(f.payload.toString('utf8')) as { type: string; envelope: Envelope };
+        if (msg.type !== 'begin' || typeof msg.envelope !== 'object') return refuse(R.localError, 'protocol: expected begin');
+        envelope = msg.envelope;
+        const arrival = new Date();
+        writer = await deps.store.create(envelope, arrival);
+        scanner = new HeaderScanner(limits);
+        await writer.write(Buffer.from(receivedHeader(cfg.server.hostname, writer.id, envelope, arrival), 'utf8'));
+        return;
+      }
+      switch (f.kind) {
+        case 'data': {
+          const r = scanner!.push(f.payload);
+          if (r !== null) return refuse(r, 'header limits');
+          if (writer.size + f.payload.length > hardMax) return refuse(R.tooBig, 'message too large');
+          await writer.write(f.payload);
+          return;
+        }
+        case 'end': {
+          finished = true;
+          await writer.commit();
+          deps.log.info({
+            event: 'committed', qid: writer.id, from: envelope!.sender, nrcpt: envelope!.recipients.length,
+            size: writer.size, ...(scanner!.messageId ? { message_id: scanner!.messageId } : {}),
+          });
+          answer({ ok: true, qid: writer.id });
+          deps.onCommit?.(writer.id);
+          return;
+        }
+        case 'abort':
+          finished = true;
+          await writer.abort();
+          sock.end();
+          return;
+        default:
+          return refuse(R.localError, 'protocol: unexpected frame');
+      }
+    }
+
+    sock.on('data', (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = dec.push(chunk);
+      } catch {
+        refuse(R.localError, 'protocol: bad frame');
+        return;
+      }
+      for (const f of frames) {
+        pending++;
+        chain = chain.then(() => frame(f)).catch((e: Error) => {
+          deps.log.error({ event: 'write-error', qid: writer?.id, err: e.message });
+          refuse(R.localError, `queue write failed: ${(e as NodeJS.ErrnoException).code ?? e.message}`);
+        }).finally(() => {
+          pending--;
+          if (pending < 4 && sock.isPaused()) sock.resume();
+        });
+      }
+      if (pending >= 16) sock.pause();
+    });
+    sock.on('error', () => {});
+    sock.on('close', () => {
+      sockets.delete(sock);
+      // smtpd went away before "end": the message was never acknowledged; drop the partial file.
+      chain = chain.then(async () => {
+        if (!finished && writer !== null) {
+          finished = true;
+          await writer.abort();
+        }
+      });
+    });
+  }
+
+  return {
+    listen(path: string): Promise<void> {
+      return new Promise((resolve, reject) => {
+        server = createServer(handle);
+        server.once('error', reject);
+        server.listen(path, () => resolve());
+      });
+    },
+    close(): Promise<void> {
+      return new Promise((resolve) => {
+        if (server === null) return resolve();
+        server.close(() => resolve());
+        // Wait for in-flight messages: smtpd ends its transactions before cleanup is stopped.
+        setTimeout(() => {
+          for (const s of sockets) s.destroy();
+        }, 5000).unref();
+      });
+    },
+  };
+}
+
+/** The Received: field cleanup prepends (RFC 5321 §4.4, RFC 5322 §3.6.7). */
+export function receivedHeader(hostname: string, qid: string, env: Envelope, when: Date): string {
+  const c = env.client;
+  const helo = c.helo === '' ? 'unknown' : c.helo.replace(/[()\\]/g, '');
+  const forClause = env.recipients.length === 1 ? `\r\n\tfor <${env.recipients[0]!.address}>` : '';
+  return `Received: from ${helo} ([${c.ip}])\r\n\tby ${hostname} (Palisade) with ${c.protocol} id ${qid}${forClause};\r\n\t${rfc5322Date(when)}\r\n`;
+}

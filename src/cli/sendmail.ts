@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+// sendmail: the classic local submission interface. Reads a message on stdin and injects it through the same
+// cleanup path as smtpd. Exit 0 once queued, 75 when Palisade is not running (the caller keeps the message),
+// 64 bad usage, 65 bad input.
+
+import { userInfo } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { configPath, loadConfig, ConfigError } from '../config/index.ts';
+import { parseMailbox, mailboxToString } from '../core/address.ts';
+import type { EnvelopeRecipient } from '../core/envelope.ts';
+import { EXIT } from '../core/exit.ts';
+import { encodeData, encodeFrame, encodeJson, FrameDecoder } from '../ipc/index.ts';
+import { QueueStore } from '../queue/index.ts';
+import { rfc5322Date } from '../cleanup/headers.ts';
+import { connect } from 'node:net';
+
+interface Options {
+  extract: boolean;
+  sender: string | null;
+  fullName: string | null;
+  config: string | undefined;
+  recipients: string[];
+}
+
+// sendmail's option syntax predates getopt conventions (-oi, -bs, -f addr / -faddr), so it is parsed by hand.
+function parseOptions(argv: string[]): Options | string {
+  const o: Options = { extract: false, sender: null, fullName: null, config: undefined, recipients: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      o.recipients.push(...argv.slice(i + 1));
+      break;
+    }
+    if (a === '--config') {
+      o.config = argv[++i];
+      continue;
+    }
+    if (!a.startsWith('-') || a === '-') {
+      o.recipients.push(a);
+      continue;
+    }
+    const flag = a.slice(1, 2);
+    switch (flag) {
+      case 't':
+        o.extract = true;
+        break;
+      case 'i':
+        break; // a lone "." does not end the message: always so here
+      case 'o':
+        break; // -oi, -oem, -odb ...: accepted, nothing to change
+      case 'f':
+      case 'r':
+        o.sender = a.length > 2 ? a.slice(2) : (argv[++i] ?? null);
+        if (o.sender === null) return '-f needs an address';
+        break;
+      case 'F':
+        o.fullName = a.length > 2 ? a.slice(2) : (argv[++i] ?? null);
+        break;
+      case 'b':
+        if (a === '-bm') break;
+        return `${a} is not supported (use "palisade queue list" for -bp)`;
+      case 'v':
+      case 'm':
+      case 'N':
+      case 'B':
+      case 'X':
+      case 'O':
+        if (['N', 'B', 'X', 'O'].includes(flag) && a.length === 2) i++;
+        break;
+      default:
+        return `unknown option ${a}`;
+    }
+  }
+  return o;
+}
+
+function readStdin(limit: number): Promise<Buffer | null> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let n = 0;
+    process.stdin.on('data', (c: Buffer) => {
+      n += c.length;
+      if (n > limit) {
+        resolve(null);
+        process.stdin.destroy();
+        return;
+      }
+      parts.push(c);
+    });
+    process.stdin.on('end', () => resolve(Buffer.concat(parts)));
+    process.stdin.on('error', reject);
+  });
+}
+
+/** Splits a message into header lines and body, with every line end made CRLF. */
+function normalize(raw: Buffer): { headers: string[]; body: Buffer } {
+  const text = raw.toString('latin1').replace(/\r?\n/g, '\r\n').replace(/\r(?!\n)/g, '\r\n');
+  const withEnd = text.endsWith('\r\n') || text === '' ? text : text + '\r\n';
+  const sep = withEnd.startsWith('\r\n') ? 0 : withEnd.indexOf('\r\n\r\n');
+  const headText = sep < 0 ? withEnd : withEnd.slice(0, sep === 0 ? 0 : sep + 2);
+  const body = sep < 0 ? '' : withEnd.slice(sep === 0 ? 0 : sep + 2);
+  const headers: string[] = [];
+  for (const line of headText.split('\r\n')) {
+    if (line === '') continue;
+    if ((line.startsWith(' ') || line.startsWith('\t')) && headers.length > 0) headers[headers.length - 1] += '\r\n' + line;
+    else headers.push(line);
+  }
+  return { headers, body: Buffer.from(body, 'latin1') };
+}
+
+function headerName(h: string): string {
+  return h.slice(0, Math.max(0, h.indexOf(':'))).trim().toLowerCase();
+}
+
+// Extracts addresses from To/Cc/Bcc values: "<a@b>" forms and bare addresses separated by commas.
+function addressesIn(value: string): string[] {
+  const out: string[] = [];
+  const noComments = value.replace(/\([^()]*\)/g, ' ').replace(/"(?:[^"\\]|\\.)*"/g, '""');
+  for (const part of noComments.split(',')) {
+    const angle = /<([^>]*)>/.exec(part);
+    const a = (angle ? angle[1]! : part).trim().replace(/^.*:/, '').replace(/;$/, '').trim();
+    if (a !== '') out.push(a);
+  }
+  return out;
+}
+
+/** Runs sendmail with `argv`; resolves with the exit code. */
+export async function runSendmail(argv: string[]): Promise<number> {
+  const o = parseOptions(argv);
+  if (typeof o === 'string') {
+    process.stderr.write(`sendmail: ${o}\nusage: sendmail [-t] [-i|-oi] [-f SENDER] [RCPT...]\n`);
+    return EXIT.usage;
+  }
+  let cfg;
+  try {
+    cfg = loadConfig(configPath(o.config, process.env, process.cwd()));
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`sendmail: config error:\n${e.message}\n`);
+      return EXIT.config;
+    }
+    throw e;
+  }
+  const raw = await readStdin(cfg.smtp.max_message_size);
+  if (raw === null) {
+    process.stderr.write(`sendmail: message larger than smtp.max_message_size (${cfg.smtp.max_message_size} bytes)\n`);
+    return EXIT.dataErr;
+  }
+  if (raw.includes(0)) {
+    process.stderr.write('sendmail: message contains a NUL byte\n');
+    return EXIT.dataErr;
+  }
+  const { headers, body } = normalize(raw);
+  const rcptText = [...o.recipients];
+  let kept = headers;
+  if (o.extract) {
+    for (const h of headers) {
+      if (['to', 'cc', 'bcc'].includes(headerName(h))) rcptText.push(...addressesIn(h.slice(h.indexOf(':') + 1)));
+    }
+    kept = headers.filter((h) => headerName(h) !== 'bcc');
+  }
+  const localUser = userInfo().username;
+  const senderText = o.sender ?? `${localUser}@${cfg.server.hostname}`;
+  const recipients: EnvelopeRecipient[] = [];
+  let utf8 = false;
+  for (const t of rcptText) {
+    const m = parseMailbox(t.includes('@') ? t : `${t}@${cfg.server.hostname}`, true);
+    if (typeof m === 'string') {
+      process.stderr.write(`sendmail: bad recipient address "${t}"\n`);
+      return EXIT.dataErr;
+    }
+    utf8 ||= m.utf8;
+    const address = mailboxToString(m);
+    if (!recipients.some((r) => r.address === address)) recipients.push({ address });
+  }
+  if (recipients.length === 0) {
+    process.stderr.write('sendmail: no recipients (give addresses or use -t)\n');
+    return EXIT.usage;
+  }
+  let sender = '';
+  if (senderText !== '' && senderText !== '<>') {
+    const m = parseMailbox(senderText.replace(/^<(.*)>$/, '$1'), true);
+    if (typeof m === 'string') {
+      process.stderr.write(`sendmail: bad sender address "${senderText}"\n`);
+      return EXIT.dataErr;
+    }
+    utf8 ||= m.utf8;
+    sender = mailboxToString(m);
+  }
+  // Local submissions get the fields a message needs (RFC 5322 §3.6): From, Date, Message-ID.
+  const names = new Set(kept.map(headerName));
+  if (!names.has('from')) kept.push(`From: ${o.fullName ? `${o.fullName.replace(/["\\\r\n]/g, '')} ` : ''}<${sender || `${localUser}@${cfg.server.hostname}`}>`);
+  if (!names.has('date')) kept.push(`Date: ${rfc5322Date(new Date())}`);
+  if (!names.has('message-id')) kept.push(`Message-ID: <${Date.now().toString(36)}.${randomBytes(6).toString('hex')}@${cfg.server.hostname}>`);
+  const message = Buffer.concat([Buffer.from(kept.map((h) => h + '\r\n').join('') + '\r\n', 'latin1'), body.subarray(body.subarray(0, 2).toString() === '\r\n' ? 2 : 0)]);
+  const envelope = {
+    sender,
+    recipients,
+    smtputf8: utf8,
+    client: { ip: '127.0.0.1', port: 0, helo: 'localhost', protocol: 'local' },
+  };
+  const store = new QueueStore(cfg.queue.dir);
+  const res = await inject(store.path('private', 'cleanup'), envelope, message);
+  if (res.ok) return EXIT.ok;
+  process.stderr.write(`sendmail: ${res.error}\n`);
+  return res.code;
+}
+
+function inject(path: string, envelope: object, message: Buffer): Promise<{ ok: true } | { ok: false; error: string; code: number }> {
+  return new Promise((resolve) => {
+    const sock = connect(path);
+    const dec = new FrameDecoder();
+    let settled = false;
+    const done = (r: { ok: true } | { ok: false; error: string; code: number }) => {
+      if (settled) return;
+      settled = true;
+      sock.destroy();
+      resolve(r);
+    };
+    sock.on('connect', () => {
+      sock.write(encodeJson({ type: 'begin', envelope }));
+      for (const f of encodeData(message)) sock.write(f);
+      sock.write(encodeFrame('end'));
+    });
+    sock.on('data', (c) => {
+      for (const f of dec.push(c)) {
+        if (f.kind !== 'json') continue;
+        const a = JSON.parse(f.payload.toString('utf8')) as { ok: boolean; code?: number; text?: string };
+        if (a.ok) done({ ok: true });
+        else done({ ok: false, error: `message refused: ${a.code ?? ''} ${a.text ?? ''}`, code: (a.code ?? 451) >= 500 ? EXIT.dataErr : EXIT.tempFail });
+      }
+    });
+    sock.on('error', (e: NodeJS.ErrnoException) => done({ ok: false, error: `Palisade is not running (${e.code ?? e.message}); message not sent`, code: EXIT.tempFail }));
+    sock.on('close', () => done({ ok: false, error: 'cleanup closed the connection; message not sent', code: EXIT.tempFail }));
+  });
+}

@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: MIT
+// The config schema: every key with its type, default and a doc line (docs/configuration.md is generated from it).
+
+import { z } from 'zod';
+import { parseDuration } from '../core/duration.ts';
+import { parseCidr } from '../core/cidr.ts';
+import { parseDomain } from '../core/address.ts';
+
+const duration = (def: string, doc: string) =>
+  z
+    .string()
+    .refine((s) => parseDuration(s) !== null, { message: 'expected a duration such as "500ms", "30s", "5m", "4h", "5d"' })
+    .default(def)
+    .describe(doc);
+
+const optionalDuration = (doc: string) =>
+  z
+    .string()
+    .refine((s) => s === '' || parseDuration(s) !== null, { message: 'expected "" or a duration such as "30s"' })
+    .default('')
+    .describe(doc);
+
+const int = (def: number, min: number, max: number, doc: string) =>
+  z.number().int().min(min).max(max).default(def).describe(doc);
+
+/** "host:port", "[v6]:port"; port 0 = any free port. */
+export function parseListen(text: string): { host: string; port: number } | null {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|[A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+  if (m === null) return null;
+  const port = Number(m[3]);
+  if (port > 65535) return null;
+  return { host: m[1] ?? m[2]!, port };
+}
+
+const listenList = (def: string[], doc: string) =>
+  z
+    .array(z.string().refine((s) => parseListen(s) !== null, { message: 'expected "address:port", e.g. "127.0.0.1:2525" or "[::1]:2525"' }))
+    .default(def)
+    .describe(doc);
+
+const domainList = (doc: string) =>
+  z
+    .array(z.string().refine((s) => parseDomain(s, true) !== null, { message: 'expected a domain name' }))
+    .default([])
+    .describe(doc);
+
+const ROUTE = /^(smtp:(\[[^\]]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?|lmtp:(unix:\/.+|[A-Za-z0-9.\[\]:-]+:\d{1,5})|local)$/;
+
+const server = z
+  .strictObject({
+    hostname: z.string().default('').describe('Name in the greeting, HELO, Received and the self-signed certificate; "" = the OS hostname'),
+    user: z.string().default('palisade').describe('Children run as this user when started as root; "" = no privilege drop at all'),
+    smtpd_user: z.string().default('palisade-smtpd').describe('smtpd\'s own user (cannot read the queue); shares group "palisade" with `user`'),
+    drain_timeout: duration('30s', 'On SIGTERM, sessions may finish for this long, then get 421 4.3.2'),
+    data_dir: z.string().default('./var').describe('Default home of spool/, mail/ and tls/, relative to the working directory'),
+  })
+  .prefault({});
+
+const smtp = z
+  .strictObject({
+    listen: listenList(['127.0.0.1:2525'], 'Listening addresses of the inbound SMTP service'),
+    workers: int(0, 0, 64, 'Number of smtpd processes; 0 = CPU count'),
+    max_message_size: int(10_240_000, 1024, 2 ** 40, 'SIZE advertised and enforced, bytes (552 5.3.4)'),
+    max_recipients: int(1000, 1, 100_000, 'Recipients per transaction, then 452 4.5.3 (RFC 5321 §4.5.3.1.8: at least 100)'),
+    max_errors: int(20, 1, 10_000, 'Error replies per session before 421 and close'),
+    timeout: duration('300s', 'Per command and per DATA block (RFC 5321 §4.5.3.2)'),
+    max_sessions: int(200, 1, 1_000_000, 'Concurrent sessions over all workers, then 421 4.7.0'),
+    max_sessions_per_ip: int(50, 0, 1_000_000, 'Concurrent sessions per client address; 0 = unlimited; trusted_networks exempt'),
+    require_helo: z.boolean().default(false).describe('true: MAIL before EHLO/HELO gets 503 5.5.1'),
+    max_header_size: int(262_144, 1024, 16_777_216, 'Bytes of the header section, then 552 5.3.4'),
+    max_headers: int(1000, 10, 100_000, 'Header fields per message, then 552 5.3.4'),
+    max_received_headers: int(50, 1, 1000, 'Received: fields before a message is refused as a loop (554 5.4.6)'),
+  })
+  .prefault({});
+
+const local = z
+  .strictObject({
+    domains: domainList('Domains delivered on this host; default: localhost and the hostname'),
+    recipients: z
+      .union([z.array(z.string()), z.string().regex(/^file:.+/, { message: 'expected "file:PATH" or a list' })])
+      .default([])
+      .describe('Known local recipients: local parts or addresses, or "file:PATH" (one per line); [] = every local part exists'),
+    aliases: z.string().regex(/^(file:.+)?$/, { message: 'expected "" or "file:PATH"' }).default('').describe('"file:PATH" in aliases(5) format'),
+    mailbox_dir: z.string().default('').describe('Maildir per recipient under this directory; "" = <data_dir>/mail'),
+  })
+  .prefault({});
+
+const relay = z
+  .strictObject({
+    trusted_networks: z
+      .array(z.string().refine((s) => parseCidr(s) !== null, { message: 'expected a CIDR network such as "127.0.0.0/8"' }))
+      .default(['127.0.0.0/8', '::1/128'])
+      .describe('Clients in these networks may relay anywhere'),
+    domains: domainList('Domains relayed for anyone (backup MX, gateway)'),
+  })
+  .prefault({});
+
+const transport = z
+  .record(z.string(), z.string().regex(ROUTE, { message: 'expected smtp:[host]:port, smtp:host, lmtp:host:port, lmtp:unix:/path or local' }))
+  .default({})
+  .describe('Routes: domain (".domain" = subdomains, "*" = every other) = smtp:[host]:port | lmtp:... | local');
+
+const queue = z
+  .strictObject({
+    dir: z.string().default('').describe('Queue directory; "" = <data_dir>/spool'),
+    retry_min: duration('5m', 'First retry delay; doubles up to retry_max'),
+    retry_max: duration('1h', 'Longest retry delay'),
+    lifetime: duration('5d', 'A message still undelivered after this is bounced'),
+    delay_warning: duration('4h', 'Send a delay DSN after this; "0s" = off'),
+  })
+  .prefault({});
+
+const delivery = z
+  .strictObject({
+    concurrency: int(20, 1, 10_000, 'Parallel deliveries per destination: upper bound of the window'),
+    initial_concurrency: int(5, 1, 10_000, 'Starting window per destination'),
+    connect_timeout: duration('30s', 'Outbound TCP connect timeout'),
+    timeout: optionalDuration('"" = RFC 5321 §4.5.3.2 timeouts per stage; a duration = that limit for every reply'),
+    max_recipients: int(50, 1, 100_000, 'Recipients per outbound transaction'),
+  })
+  .prefault({});
+
+const dns = z
+  .strictObject({
+    servers: z
+      .array(z.string().refine((s) => parseListen(s) !== null || parseCidr(s) !== null, { message: 'expected "address" or "address:port"' }))
+      .default([])
+      .describe('DNS servers ("127.0.0.1:5353"); [] = /etc/resolv.conf'),
+    timeout: duration('5s', 'Per DNS query'),
+    dnssec: z.boolean().default(true).describe('Trust the AD bit from these servers (DANE)'),
+  })
+  .prefault({});
+
+const log = z
+  .strictObject({
+    level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info').describe('Log level'),
+  })
+  .prefault({});
+
+/** The whole file. Sections not listed here are refused (with the issue that brings them, in the error). */
+export const configSchema = z.strictObject({ server, smtp, local, relay, transport, queue, delivery, dns, log });
+
+/** Raw config as parsed (defaults applied, placeholders not yet resolved). */
+export type RawConfig = z.infer<typeof configSchema>;
+
+/** Sections of the contract that arrive with later work; named in the error when a file uses them. */
+export const LATER_SECTIONS: Record<string, string> = {
+  submissions: 'implicit-TLS submissions arrive with TLS support',
+  tls: 'TLS settings arrive with TLS support',
+};

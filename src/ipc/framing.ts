@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: MIT
+// Framing: one frame = 4-byte big-endian length, 1-byte kind, payload (at most 1 MiB).
+
+import { invariant } from '../core/invariant.ts';
+
+/** Frame kinds on the wire. */
+export const KIND = { json: 1, data: 2, end: 3, abort: 4 } as const;
+export type FrameKind = keyof typeof KIND;
+
+/** Largest payload of one frame. */
+export const MAX_FRAME = 1 << 20;
+
+const NAMES: Record<number, FrameKind> = { 1: 'json', 2: 'data', 3: 'end', 4: 'abort' };
+
+/** A decoded frame. */
+export interface Frame {
+  readonly kind: FrameKind;
+  readonly payload: Buffer;
+}
+
+/** Encodes one frame; payloads over MAX_FRAME must be split by the caller (see encodeData). */
+export function encodeFrame(kind: FrameKind, payload: Buffer = Buffer.alloc(0)): Buffer {
+  invariant(payload.length <= MAX_FRAME, 'frame payload too large');
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt32BE(payload.length, 0);
+  head[4] = KIND[kind];
+  return payload.length === 0 ? head : Buffer.concat([head, payload], 5 + payload.length);
+}
+
+/** Encodes a JSON value as one frame. */
+export function encodeJson(value: unknown): Buffer {
+  return encodeFrame('json', Buffer.from(JSON.stringify(value), 'utf8'));
+}
+
+/** Encodes any amount of data as one or more data frames. */
+export function encodeData(data: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < data.length; i += MAX_FRAME) out.push(encodeFrame('data', data.subarray(i, i + MAX_FRAME)));
+  return out;
+}
+
+/** Incremental decoder: push bytes, get whole frames. Throws on a malformed stream (bad kind or oversize). */
+export class FrameDecoder {
+  private buf: Buffer = Buffer.alloc(0);
+
+  /** Adds bytes and returns every frame now complete. */
+  push(chunk: Buffer): Frame[] {
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    const frames: Frame[] = [];
+    let off = 0;
+    while (this.buf.length - off >= 5) {
+      const len = this.buf.readUInt32BE(off);
+      const kind = NAMES[this.buf[off + 4]!];
+      if (len > MAX_FRAME || kind === undefined) throw new Error('ipc: malformed frame');
+      if (this.buf.length - off - 5 < len) break;
+      frames.push({ kind, payload: this.buf.subarray(off + 5, off + 5 + len) });
+      off += 5 + len;
+    }
+    this.buf = off === this.buf.length ? Buffer.alloc(0) : this.buf.subarray(off);
+    return frames;
+  }
+}

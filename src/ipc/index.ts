@@ -1,0 +1,6 @@
+// SPDX-License-Identifier: MIT
+// ipc: framed messages over Unix sockets between Palisade processes (smtpd → cleanup, cli → master).
+// Must not: know about SMTP or the queue; it only moves frames.
+
+export { encodeFrame, encodeJson, encodeData, FrameDecoder, MAX_FRAME, KIND, type Frame, type FrameKind } from './framing.ts';
+export { request } from './request.ts';

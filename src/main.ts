@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: MIT
+// main: the only wiring point. `palisade <command>` for operators, `main.ts child <role>` for the processes
+// master starts. Loads config, creates components with their dependencies, installs signal handlers.
+
+import { createServer, type Server } from 'node:net';
+import { chmodSync, chownSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { Config } from './config/index.ts';
+import { createLogger } from './log/index.ts';
+import { runCli } from './cli/index.ts';
+import { loadConfig } from './config/index.ts';
+import { runMaster, StartError } from './master/index.ts';
+import { createSmtpd, type SessionGate } from './smtpd/index.ts';
+import { createCleanup } from './cleanup/index.ts';
+import { QueueStore } from './queue/index.ts';
+import type { Admission } from './policy/index.ts';
+
+const ENTRY = fileURLToPath(import.meta.url);
+
+async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'child') {
+    await runChild(argv[1] ?? '');
+    return -1; // a child stays alive until told to stop
+  }
+  return runCli(argv, { start });
+}
+
+// palisade start: master in the foreground until it has stopped.
+async function start(cfg: Config, configFile: string | null): Promise<number> {
+  const log = createLogger('master', cfg.log.level);
+  try {
+    process.exit(await runMaster({ log, entry: ENTRY, reloadConfig: () => loadConfig(configFile) }, cfg));
+  } catch (e) {
+    if (e instanceof StartError) {
+      log.fatal({ event: 'start-failed', err: e.message });
+      process.stderr.write(`palisade: ${e.message}\n`);
+      process.exit(e.exitCode);
+    }
+    throw e;
+  }
+}
+
+// ---- children --------------------------------------------------------------
+
+interface InitMessage {
+  type: 'init';
+  role: string;
+  config: Config;
+  socket?: string;
+  socketGroup?: number;
+  cleanupPath?: string;
+}
+
+function firstMessage(): Promise<InitMessage> {
+  return new Promise((resolve) => {
+    const on = (m: InitMessage) => {
+      if (m?.type === 'init') {
+        process.off('message', on);
+        resolve(m);
+      }
+    };
+    process.on('message', on);
+  });
+}
+
+async function runChild(role: string): Promise<void> {
+  if (typeof process.send !== 'function') throw new Error('child roles run only under master');
+  // Master gone = we go too (no orphans).
+  process.on('disconnect', () => process.exit(0));
+  process.on('SIGTERM', () => process.exit(0));
+  process.on('SIGHUP', () => {});
+  process.on('SIGINT', () => {});
+  const init = await firstMessage();
+  if (role === 'cleanup') return runCleanup(init);
+  if (role === 'smtpd') return runSmtpd(init);
+  throw new Error(`unknown child role ${role}`);
+}
+
+async function runCleanup(init: InitMessage): Promise<void> {
+  const cfg = init.config;
+  const log = createLogger('cleanup', cfg.log.level);
+  const store = new QueueStore(cfg.queue.dir);
+  // The only writer of tmp/: whatever is there was never acknowledged.
+  for (const id of await store.recover()) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
+  const cleanup = createCleanup({ log, store }, cfg);
+  const path = init.socket!;
+  rmSync(path, { force: true });
+  await cleanup.listen(path);
+  chmodSync(path, 0o660);
+  if (init.socketGroup !== undefined && init.socketGroup >= 0) chownSync(path, process.getuid!(), init.socketGroup);
+  process.on('message', (m: { type: string }) => {
+    if (m.type === 'stop') void cleanup.close().then(() => process.exit(0));
+  });
+  process.send!({ type: 'ready' });
+}
+
+async function runSmtpd(init: InitMessage): Promise<void> {
+  const cfg = init.config;
+  const log = createLogger('smtpd', cfg.log.level);
+  let nextId = 1;
+  const waiting = new Map<number, (a: Admission) => void>();
+  const gate: SessionGate = {
+    admit(ip, exempt) {
+      const id = nextId++;
+      return new Promise((resolve) => {
+        waiting.set(id, resolve);
+        process.send!({ type: 'admit', id, ip, exempt });
+      });
+    },
+    release(ip) {
+      if (process.connected) process.send!({ type: 'release', ip });
+    },
+  };
+  const smtpd = createSmtpd({ log, gate, cleanupPath: init.cleanupPath! }, cfg);
+  process.on('message', (m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number }, handle?: unknown) => {
+    switch (m.type) {
+      case 'admit': {
+        const w = waiting.get(m.id!);
+        waiting.delete(m.id!);
+        w?.(m.verdict!);
+        return;
+      }
+      case 'listen': {
+        const server: Server = createServer({ pauseOnConnect: false });
+        server.on('error', (e: NodeJS.ErrnoException) => process.send!({ type: 'listen-error', display: m.display, code: e.code ?? e.message }));
+        server.listen(handle as object, () => {
+          smtpd.attach(server);
+          process.send!({ type: 'listening', display: m.display });
+        });
+        return;
+      }
+      case 'drain':
+        void smtpd.drain(m.deadlineMs ?? 0).then(() => process.exit(0));
+        return;
+    }
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (e: Error) => {
+    process.stderr.write(`palisade: ${e.message}\n`);
+    process.exitCode = (e as { exitCode?: number }).exitCode ?? 70;
+  },
+);

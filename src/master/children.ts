@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: MIT
+// Supervisor: starts one child process per role instance, restarts it with exponential backoff when it dies,
+// and reports a crash loop instead of respawning in a tight loop.
+
+import { fork, type ChildProcess } from 'node:child_process';
+import type { Logger } from '../log/index.ts';
+
+/** How to start one child. */
+export interface ChildSpec {
+  /** "smtpd" | "cleanup" ... */
+  readonly role: string;
+  /** Instance index within the role (smtpd workers). */
+  readonly index: number;
+  readonly entry: string;
+  readonly uid?: number;
+  readonly gid?: number;
+  /** Called each time a new process for this spec is up (send it its init message). */
+  readonly onSpawn: (child: ChildProcess) => void;
+  /** Called when the process exits (before any restart). */
+  readonly onExit?: (child: ChildProcess, code: number | null, signal: string | null) => void;
+}
+
+const MIN_BACKOFF = 100;
+const MAX_BACKOFF = 30_000;
+// A child that lived this long is healthy again: its backoff starts over.
+const HEALTHY_AFTER = 30_000;
+// This many deaths within CRASH_WINDOW is a crash loop (logged as an error).
+const CRASH_LOOP = 5;
+const CRASH_WINDOW = 60_000;
+
+/** One supervised child slot. */
+export class Supervised {
+  readonly spec: ChildSpec;
+  child: ChildProcess | null = null;
+  private readonly log: Logger;
+  private backoff = MIN_BACKOFF;
+  private deaths: number[] = [];
+  private startedAt = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private stopping = false;
+  private exited: Promise<void> = Promise.resolve();
+
+  constructor(spec: ChildSpec, log: Logger) {
+    this.spec = spec;
+    this.log = log;
+  }
+
+  /** Starts the process now. */
+  start(): void {
+    this.startedAt = Date.now();
+    const child = fork(this.spec.entry, ['child', this.spec.role], {
+      execPath: process.execPath,
+      execArgv: childExecArgv(),
+      env: childEnv(),
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      ...(this.spec.uid !== undefined ? { uid: this.spec.uid, gid: this.spec.gid } : {}),
+      serialization: 'json',
+    });
+    this.child = child;
+    let resolveExit!: () => void;
+    this.exited = new Promise((r) => (resolveExit = r));
+    child.on('error', (e) => this.log.error({ event: 'child-error', role: this.spec.role, err: e.message }));
+    child.on('exit', (code, signal) => {
+      resolveExit();
+      this.spec.onExit?.(child, code, signal);
+      if (this.child === child) this.child = null;
+      if (this.stopping) return;
+      this.log.warn({ event: 'child-exit', role: this.spec.role, index: this.spec.index, pid: child.pid, code, signal });
+      this.scheduleRestart();
+    });
+    this.spec.onSpawn(child);
+  }
+
+  private scheduleRestart(): void {
+    const now = Date.now();
+    if (now - this.startedAt > HEALTHY_AFTER) this.backoff = MIN_BACKOFF;
+    this.deaths = this.deaths.filter((t) => now - t < CRASH_WINDOW);
+    this.deaths.push(now);
+    if (this.deaths.length >= CRASH_LOOP) {
+      this.log.error({ event: 'crash-loop', role: this.spec.role, deaths: this.deaths.length, window_s: CRASH_WINDOW / 1000, next_restart_ms: this.backoff });
+    }
+    const delay = this.backoff;
+    this.backoff = Math.min(MAX_BACKOFF, this.backoff * 2);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (!this.stopping) this.start();
+    }, delay);
+  }
+
+  /** Stops supervising; sends `msg` (or SIGTERM) and resolves when the process is gone (SIGKILL after `killAfterMs`). */
+  async stop(msg: unknown, killAfterMs: number): Promise<void> {
+    this.stopping = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    const child = this.child;
+    if (child === null || child.exitCode !== null || child.signalCode !== null) return;
+    try {
+      if (msg !== undefined && child.connected) child.send(msg as object);
+      else child.kill('SIGTERM');
+    } catch {
+      child.kill('SIGTERM');
+    }
+    const killer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+    await this.exited;
+    clearTimeout(killer);
+  }
+}
+
+// Children get no inherited Node flags from the master's command line beyond what they need.
+function childExecArgv(): string[] {
+  return ['--disable-warning=ExperimentalWarning'];
+}
+
+// An explicit minimal environment: nothing of the operator's shell leaks into children.
+function childEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C.UTF-8' };
+  if (process.env.UV_THREADPOOL_SIZE) env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE;
+  if (process.env.TZ) env.TZ = process.env.TZ;
+  return env;
+}

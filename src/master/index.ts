@@ -1,0 +1,318 @@
+// SPDX-License-Identifier: MIT
+// master: binds the listening sockets, starts cleanup and the smtpd workers (as the service users when root),
+// hands each worker the listening handles, runs the anvil, serves the control socket, restarts children,
+// reloads on SIGHUP and drains on SIGTERM. It never accepts a connection and holds no mail.
+
+import { mkdirSync, rmSync, writeFileSync, readFileSync, chmodSync, chownSync } from 'node:fs';
+import { createServer as createNetServer, type Server } from 'node:net';
+import * as net from 'node:net';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import type { Config } from '../config/index.ts';
+import { parseListen } from '../config/index.ts';
+import type { Logger } from '../log/index.ts';
+import { parseDuration } from '../core/duration.ts';
+import { Anvil } from '../policy/index.ts';
+import { QueueStore, MESSAGE_STATES } from '../queue/index.ts';
+import { encodeJson, FrameDecoder } from '../ipc/index.ts';
+import { EXIT } from '../core/exit.ts';
+import { Supervised } from './children.ts';
+import { ensureIdentities, secureSpool, type Identities } from './privilege.ts';
+
+
+/** What master needs from outside. */
+export interface MasterDeps {
+  readonly log: Logger;
+  /** Path of src/main.ts, the entry every child runs. */
+  readonly entry: string;
+  /** Re-reads the config (for reload); throws ConfigError. */
+  readonly reloadConfig: () => Config;
+}
+
+/** A failure that ends start-up with a contract exit code. */
+export class StartError extends Error {
+  readonly exitCode: number;
+  constructor(msg: string, exitCode: number) {
+    super(msg);
+    this.exitCode = exitCode;
+  }
+}
+
+interface ListenHandle {
+  readonly name: 'smtp';
+  readonly display: string;
+  readonly handle: object;
+}
+
+interface Worker {
+  sup: Supervised;
+  /** IPs the anvil counts for this worker's process (released if it dies). */
+  ips: Map<string, number>;
+  listening: number;
+  ready: () => void;
+}
+
+/** Starts Palisade; resolves with the exit code once it has stopped. */
+export async function runMaster(deps: MasterDeps, initial: Config): Promise<number> {
+  const log = deps.log;
+  let cfg = initial;
+  const store = new QueueStore(cfg.queue.dir);
+  mkdirSync(cfg.server.data_dir, { recursive: true, mode: 0o755 });
+  await store.init();
+  const created: string[] = [];
+  let ids: Identities | null;
+  try {
+    ids = ensureIdentities(cfg.server.user, cfg.server.smtpd_user, created);
+  } catch (e) {
+    throw new StartError(`cannot set up service users: ${(e as Error).message}`, EXIT.software);
+  }
+  if (created.length > 0) log.info({ event: 'users-created', created });
+  if (ids !== null) secureSpool(cfg.queue.dir, ids, ['tmp', ...MESSAGE_STATES]);
+
+  const pidFile = join(cfg.server.data_dir, 'palisade.pid');
+  assertNotRunning(pidFile);
+  const controlPath = store.path('private', 'control');
+  const cleanupPath = store.path('private', 'cleanup');
+
+  // Bind every listener before starting anything: a taken port is exit 69.
+  const handles: ListenHandle[] = [];
+  for (const addr of cfg.smtp.listen) {
+    const p = parseListen(addr)!;
+    const family = net.isIPv6(p.host) ? 6 : 4;
+    const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(p.host, p.port, family);
+    if (typeof h === 'number') throw new StartError(`cannot bind smtp listener ${addr}: ${errnoName(h)}`, EXIT.unavailable);
+    const out: { address?: string; port?: number } = {};
+    (h as { getsockname(o: object): number }).getsockname(out);
+    handles.push({ name: 'smtp', display: family === 6 ? `[${out.address}]:${out.port}` : `${out.address}:${out.port}`, handle: h });
+  }
+
+  const anvil = new Anvil({ maxSessions: cfg.smtp.max_sessions, maxSessionsPerIp: cfg.smtp.max_sessions_per_ip });
+  let stopping = false;
+  let failStart: ((e: Error) => void) | null = null;
+
+  // ---- cleanup ----
+  let cleanupReady: () => void = () => {};
+  const cleanup = new Supervised({
+    role: 'cleanup',
+    index: 0,
+    entry: deps.entry,
+    ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
+    onSpawn: (child) => {
+      child.send({ type: 'init', role: 'cleanup', config: cfg, socket: cleanupPath, socketGroup: ids?.group ?? -1 });
+      child.on('message', (m: { type: string }) => {
+        if (m.type === 'ready') cleanupReady();
+      });
+    },
+  }, log);
+
+  // ---- smtpd workers ----
+  const workerCount = cfg.smtp.workers > 0 ? cfg.smtp.workers : Math.max(1, cpus().length);
+  let generation: Worker[] = [];
+
+  function spawnWorker(index: number, config: Config, onReady: () => void): Worker {
+    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady };
+    w.sup = new Supervised({
+      role: 'smtpd',
+      index,
+      entry: deps.entry,
+      ...(ids ? { uid: ids.smtpd.uid, gid: ids.smtpd.gid } : {}),
+      onSpawn: (child) => {
+        w.listening = 0;
+        child.send({ type: 'init', role: 'smtpd', config: config, cleanupPath });
+        for (const h of handles) child.send({ type: 'listen', name: h.name, display: h.display }, h.handle as Server);
+        child.on('message', (m: WorkerMessage) => onWorkerMessage(w, child, m));
+      },
+      onExit: () => {
+        for (const [ip, n] of w.ips) for (let i = 0; i < n; i++) anvil.release(ip);
+        w.ips.clear();
+      },
+    }, log);
+    w.sup.start();
+    return w;
+  }
+
+  function onWorkerMessage(w: Worker, child: ChildProcess, m: WorkerMessage): void {
+    switch (m.type) {
+      case 'admit': {
+        const verdict = stopping ? 'global' : anvil.admit(m.ip, m.exempt);
+        if (verdict === 'ok') w.ips.set(m.ip, (w.ips.get(m.ip) ?? 0) + 1);
+        if (child.connected) child.send({ type: 'admit', id: m.id, verdict });
+        return;
+      }
+      case 'release': {
+        const n = w.ips.get(m.ip) ?? 0;
+        if (n > 0) {
+          anvil.release(m.ip);
+          if (n === 1) w.ips.delete(m.ip);
+          else w.ips.set(m.ip, n - 1);
+        }
+        return;
+      }
+      case 'listening':
+        w.listening++;
+        if (w.listening === handles.length) w.ready();
+        return;
+      case 'listen-error':
+        log.error({ event: 'listen-failed', listener: m.display, err: m.code });
+        failStart?.(new StartError(`cannot listen on ${m.display}: ${m.code}`, EXIT.unavailable));
+        return;
+    }
+  }
+
+  const startupTimeout = (what: string) => new Promise<never>((_, reject) => {
+    setTimeout(() => reject(new StartError(`${what} did not start within 30 s`, EXIT.software)), 30_000).unref();
+  });
+  const failed = new Promise<never>((_, reject) => (failStart = reject));
+
+  try {
+    await Promise.race([new Promise<void>((r) => { cleanupReady = r; cleanup.start(); }), startupTimeout('cleanup'), failed]);
+    cleanupReady = () => {};
+    await Promise.race([
+      Promise.all(Array.from({ length: workerCount }, (_, i) => new Promise<void>((r) => generation.push(spawnWorker(i, cfg, r))))),
+      startupTimeout('smtpd'),
+      failed,
+    ]);
+  } catch (e) {
+    stopping = true;
+    await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
+    await cleanup.stop({ type: 'stop' }, 2000);
+    throw e;
+  }
+
+  writeFileSync(pidFile, `${process.pid}\n`);
+  const control = await serveControl(controlPath, ids, (cmd) => handleControl(cmd));
+  log.info({ event: 'ready', listeners: { smtp: handles.map((h) => h.display) }, workers: workerCount, queue: cfg.queue.dir });
+
+  let resolveDone!: (code: number) => void;
+  const done = new Promise<number>((r) => (resolveDone = r));
+
+  async function shutdown(reason: string): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    const drainMs = parseDuration(cfg.server.drain_timeout)!;
+    log.info({ event: 'stopping', reason, drain_timeout_ms: drainMs });
+    await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
+    await cleanup.stop({ type: 'stop' }, 10_000);
+    control.close();
+    rmSync(controlPath, { force: true });
+    rmSync(pidFile, { force: true });
+    log.info({ event: 'stopped' });
+    resolveDone(EXIT.ok);
+  }
+
+  let reloading = false;
+  async function reload(): Promise<{ ok: boolean; error?: string }> {
+    if (stopping || reloading) return { ok: false, error: 'busy' };
+    reloading = true;
+    try {
+      let next: Config;
+      try {
+        next = deps.reloadConfig();
+      } catch (e) {
+        log.error({ event: 'reload-failed', err: (e as Error).message });
+        return { ok: false, error: (e as Error).message };
+      }
+      if (JSON.stringify(next.smtp.listen) !== JSON.stringify(cfg.smtp.listen) || next.queue.dir !== cfg.queue.dir) {
+        log.warn({ event: 'reload-partial', note: 'listen addresses and queue.dir change only on restart' });
+      }
+      cfg = { ...next, smtp: { ...next.smtp, listen: cfg.smtp.listen }, queue: { ...next.queue, dir: cfg.queue.dir } };
+      anvil.setLimits({ maxSessions: cfg.smtp.max_sessions, maxSessionsPerIp: cfg.smtp.max_sessions_per_ip });
+      // New workers take new connections; the old ones finish their sessions, then exit.
+      const old = generation;
+      const fresh: Worker[] = [];
+      await Promise.all(Array.from({ length: workerCount }, (_, i) => new Promise<void>((r) => fresh.push(spawnWorker(i, cfg, r)))));
+      generation = fresh;
+      const drainMs = parseDuration(cfg.server.drain_timeout)!;
+      void Promise.all(old.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
+      cleanup.child?.send({ type: 'config', config: cfg });
+      log.info({ event: 'reloaded', source: cfg.source });
+      return { ok: true };
+    } finally {
+      reloading = false;
+    }
+  }
+
+  async function handleControl(cmd: { cmd?: string }): Promise<unknown> {
+    switch (cmd.cmd) {
+      case 'status':
+        return { ok: true, pid: process.pid, sessions: anvil.sessions, workers: generation.length };
+      case 'stop':
+        setImmediate(() => void shutdown('control'));
+        return { ok: true };
+      case 'reload':
+        return reload();
+      default:
+        return { ok: false, error: `unknown command ${String(cmd.cmd)}` };
+    }
+  }
+
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('SIGHUP', () => void reload());
+  return done;
+}
+
+type WorkerMessage =
+  | { type: 'admit'; id: number; ip: string; exempt: boolean }
+  | { type: 'release'; ip: string }
+  | { type: 'listening'; display: string }
+  | { type: 'listen-error'; display: string; code: string };
+
+function errnoName(code: number): string {
+  const names: Record<number, string> = { [-98]: 'EADDRINUSE (address already in use)', [-99]: 'EADDRNOTAVAIL', [-13]: 'EACCES (permission denied)' };
+  return names[code] ?? `error ${code}`;
+}
+
+function assertNotRunning(pidFile: string): void {
+  let pid = 0;
+  try {
+    pid = Number(readFileSync(pidFile, 'utf8').trim());
+  } catch {
+    return;
+  }
+  if (pid > 0 && pid !== process.pid) {
+    try {
+      process.kill(pid, 0);
+      throw new StartError(`Palisade is already running (pid ${pid}, ${pidFile})`, EXIT.unavailable);
+    } catch (e) {
+      if (e instanceof StartError) throw e;
+    }
+  }
+}
+
+// The control socket: one JSON request, one JSON answer per connection; 0600, owned by root (or the runner).
+async function serveControl(path: string, ids: Identities | null, handler: (cmd: { cmd?: string }) => Promise<unknown>): Promise<Server> {
+  rmSync(path, { force: true });
+  const server = createNetServer((sock) => {
+    const dec = new FrameDecoder();
+    sock.on('error', () => {});
+    sock.on('data', (chunk) => {
+      let frames;
+      try {
+        frames = dec.push(chunk);
+      } catch {
+        sock.destroy();
+        return;
+      }
+      for (const f of frames) {
+        if (f.kind !== 'json') continue;
+        let cmd: { cmd?: string };
+        try {
+          cmd = JSON.parse(f.payload.toString('utf8')) as { cmd?: string };
+        } catch {
+          sock.destroy();
+          return;
+        }
+        void handler(cmd).then((a) => sock.end(encodeJson(a)), (e: Error) => sock.end(encodeJson({ ok: false, error: e.message })));
+      }
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  chmodSync(path, 0o600);
+  if (ids !== null) chownSync(path, 0, 0);
+  return server;
+}

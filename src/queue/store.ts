@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: MIT
+// QueueStore: the spool directories, durable commit (fsync file, rename, fsync directory), state moves, reads.
+
+import { createHash, type Hash } from 'node:crypto';
+import { constants, promises as fsp, openSync, fsyncSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { DirSync } from './dirsync.ts';
+import { createIdGenerator, QUEUE_ID } from './id.ts';
+import {
+  CorruptQueueFile, endRecord, HEADER_SIZE, lengthsLine, MAGIC, parseHead, parseTail, stateLine,
+  type ParsedQueueFile, type QueueEnvelope, type RecipientState, type StateRecord,
+} from './format.ts';
+import type { Envelope } from '../core/envelope.ts';
+import { invariant } from '../core/invariant.ts';
+
+/** Message states = directories under the queue root (besides tmp/ and private/). */
+export type MessageState = 'incoming' | 'active' | 'deferred' | 'hold' | 'corrupt';
+export const MESSAGE_STATES: readonly MessageState[] = ['incoming', 'active', 'deferred', 'hold', 'corrupt'];
+const ALL_DIRS = ['tmp', ...MESSAGE_STATES, 'private'] as const;
+
+// Writes are gathered up to this many bytes before one writev.
+const WRITE_BATCH = 256 * 1024;
+
+/** A message being written; nothing is visible in the queue until commit() resolves. */
+export interface QueueWriter {
+  readonly id: string;
+  /** Appends message bytes (buffered; flushed in batches). */
+  write(chunk: Buffer): Promise<void>;
+  /** Makes the message durable in incoming/ and resolves only then. */
+  commit(): Promise<void>;
+  /** Removes the partial file. */
+  abort(): Promise<void>;
+  /** Bytes of message written so far. */
+  readonly size: number;
+}
+
+/** Summary of a queued message for listings. */
+export interface QueueEntry {
+  readonly id: string;
+  readonly state: MessageState;
+  readonly envelope: QueueEnvelope;
+  readonly recipients: readonly { address: string; state: RecipientState; last_reply: string | null; next_retry: string | null; dsn: string | null }[];
+}
+
+/** The on-disk queue rooted at `dir`. */
+export class QueueStore {
+  readonly dir: string;
+  private readonly nextId = createIdGenerator();
+  private readonly dirSyncs = new Map<string, DirSync>();
+
+  constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  /** Path of a state directory. */
+  path(state: MessageState | 'tmp' | 'private', id?: string): string {
+    return id === undefined ? join(this.dir, state) : join(this.dir, state, id);
+  }
+
+  /** Creates the directory tree (mode 0700 for state directories unless told otherwise). */
+  async init(mode = 0o700): Promise<void> {
+    await fsp.mkdir(this.dir, { recursive: true, mode: 0o710 });
+    for (const d of ALL_DIRS) await fsp.mkdir(join(this.dir, d), { recursive: true, mode });
+  }
+
+  /** Crash recovery at start: removes tmp/* (never acknowledged); returns the IDs removed. */
+  async recover(): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await fsp.readdir(this.path('tmp'))) {
+      await fsp.rm(join(this.path('tmp'), name), { force: true });
+      removed.push(name);
+    }
+    if (removed.length > 0) await this.syncDir('tmp');
+    return removed;
+  }
+
+  /** Starts a new message with `envelope`; the returned writer owns tmp/ID until commit or abort. */
+  async create(envelope: Envelope, arrival = new Date()): Promise<QueueWriter> {
+    const id = this.nextId();
+    const full: QueueEnvelope = { id, arrival: arrival.toISOString(), ...envelope };
+    return new FileWriter(this, id, full);
+  }
+
+  /** Fsyncs a state directory, sharing one fsync among concurrent callers (group commit). */
+  syncDir(state: MessageState | 'tmp'): Promise<void> {
+    let ds = this.dirSyncs.get(state);
+    if (ds === undefined) {
+      ds = new DirSync(this.path(state));
+      this.dirSyncs.set(state, ds);
+    }
+    return ds.sync();
+  }
+
+  /** Moves a message between states atomically and durably. */
+  async move(id: string, from: MessageState, to: MessageState): Promise<void> {
+    invariant(QUEUE_ID.test(id), 'bad queue id');
+    await fsp.rename(this.path(from, id), this.path(to, id));
+    await Promise.all([this.syncDir(to), this.syncDir(from)]);
+  }
+
+  /** Appends a state record with fdatasync (the file is otherwise never rewritten after commit). */
+  async appendState(state: MessageState, id: string, rec: StateRecord): Promise<void> {
+    const fh = await fsp.open(this.path(state, id), 'a');
+    try {
+      await fh.write(stateLine(rec));
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Finds which state directory holds `id`, or null. */
+  async locate(id: string): Promise<MessageState | null> {
+    if (!QUEUE_ID.test(id)) return null;
+    for (const s of MESSAGE_STATES) {
+      try {
+        await fsp.access(this.path(s, id));
+        return s;
+      } catch {
+        /* not here */
+      }
+    }
+    return null;
+  }
+
+  /** Reads and verifies a queue file's envelope, end record and state records (not the message). */
+  async read(state: MessageState, id: string): Promise<ParsedQueueFile> {
+    const fh = await fsp.open(this.path(state, id), 'r');
+    try {
+      const st = await fh.stat();
+      const first = Buffer.alloc(Math.min(st.size, 64 * 1024));
+      await fh.read(first, 0, first.length, 0);
+      let head: Buffer = first;
+      const lens = parseLengths(first);
+      if (lens !== null && HEADER_SIZE + lens.envLen + 1 > first.length) {
+        head = Buffer.alloc(Math.min(st.size, HEADER_SIZE + lens.envLen + 1));
+        await fh.read(head, 0, head.length, 0);
+      }
+      const h = parseHead(head);
+      const tailStart = h.messageOffset + h.msgLen;
+      if (tailStart > st.size) throw new CorruptQueueFile('truncated message');
+      const tail = Buffer.alloc(st.size - tailStart);
+      await fh.read(tail, 0, tail.length, tailStart);
+      const t = parseTail(tail);
+      return { envelope: h.envelope, messageOffset: h.messageOffset, messageLength: h.msgLen, sha256: t.sha256, records: t.records };
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Reads the message bytes of a queued file (for show --body, delivery, tests). */
+  async readMessage(state: MessageState, id: string): Promise<Buffer> {
+    const q = await this.read(state, id);
+    const fh = await fsp.open(this.path(state, id), 'r');
+    try {
+      const buf = Buffer.alloc(q.messageLength);
+      await fh.read(buf, 0, buf.length, q.messageOffset);
+      return buf;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Lists messages in the given states, oldest first, with per-recipient state. Unreadable files are skipped. */
+  async list(states: readonly MessageState[] = ['incoming', 'active', 'deferred', 'hold']): Promise<QueueEntry[]> {
+    const out: QueueEntry[] = [];
+    for (const s of states) {
+      let names: string[];
+      try {
+        names = await fsp.readdir(this.path(s));
+      } catch {
+        continue;
+      }
+      for (const id of names) {
+        if (!QUEUE_ID.test(id)) continue;
+        try {
+          out.push(toEntry(id, s, await this.read(s, id)));
+        } catch {
+          /* moved or removed meanwhile, or corrupt: not listed */
+        }
+      }
+    }
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** One message, wherever it is; null when unknown. */
+  async show(id: string): Promise<QueueEntry | null> {
+    const s = await this.locate(id);
+    if (s === null) return null;
+    try {
+      return toEntry(id, s, await this.read(s, id));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return this.show(id);
+      throw e;
+    }
+  }
+}
+
+function parseLengths(b: Buffer): { envLen: number } | null {
+  const m = /^L (\d{10}) /.exec(b.subarray(MAGIC.length, HEADER_SIZE).toString('latin1'));
+  return m === null ? null : { envLen: Number(m[1]) };
+}
+
+function toEntry(id: string, state: MessageState, q: ParsedQueueFile): QueueEntry {
+  const last = new Map<number, StateRecord>();
+  for (const r of q.records) last.set(r.rcpt, r);
+  return {
+    id,
+    state,
+    envelope: q.envelope,
+    recipients: q.envelope.recipients.map((r, i) => {
+      const rec = last.get(i);
+      return {
+        address: r.address,
+        state: rec?.state ?? 'pending',
+        last_reply: rec?.reply ?? null,
+        next_retry: rec?.next ?? null,
+        dsn: rec?.dsn ?? null,
+      };
+    }),
+  };
+}
+
+class FileWriter implements QueueWriter {
+  readonly id: string;
+  size = 0;
+  private readonly store: QueueStore;
+  private readonly envJson: Buffer;
+  private readonly hash: Hash = createHash('sha256');
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private fh: fsp.FileHandle | null = null;
+  private written = 0;
+  private done = false;
+
+  constructor(store: QueueStore, id: string, envelope: QueueEnvelope) {
+    this.store = store;
+    this.id = id;
+    this.envJson = Buffer.from(JSON.stringify(envelope), 'utf8');
+    this.pending.push(Buffer.from(MAGIC + lengthsLine(this.envJson.length, 0), 'latin1'), this.envJson, Buffer.from('\n'));
+    this.pendingBytes = HEADER_SIZE + this.envJson.length + 1;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    invariant(!this.done, 'write after commit/abort');
+    this.hash.update(chunk);
+    this.size += chunk.length;
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    if (this.pendingBytes >= WRITE_BATCH) await this.flush();
+  }
+
+  private async open(): Promise<fsp.FileHandle> {
+    if (this.fh === null) {
+      // O_EXCL: an ID is never reused, even across writer processes.
+      this.fh = await fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    }
+    return this.fh;
+  }
+
+  private async flush(): Promise<void> {
+    const fh = await this.open();
+    const bufs = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    let off = 0;
+    while (off < bufs.length) {
+      // writev takes at most IOV_MAX (1024) buffers per call.
+      const slice = bufs.slice(off, off + 1000);
+      const { bytesWritten } = await fh.writev(slice);
+      const want = slice.reduce((n, b) => n + b.length, 0);
+      invariant(bytesWritten === want, 'short writev');
+      this.written += bytesWritten;
+      off += slice.length;
+    }
+  }
+
+  async commit(): Promise<void> {
+    invariant(!this.done, 'commit twice');
+    this.done = true;
+    this.pending.push(Buffer.from(endRecord(this.hash.digest('hex')), 'latin1'));
+    this.pendingBytes += 67;
+    try {
+      await this.flush();
+      const fh = this.fh!;
+      // Patch the message length into the fixed-width lengths line; the file is still private in tmp/.
+      await fh.write(Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1'), 0, LENGTHS_SIZE_BYTES, MAGIC.length);
+      await fh.sync();
+      await fh.close();
+      this.fh = null;
+      await fsp.rename(this.store.path('tmp', this.id), this.store.path('incoming', this.id));
+      await this.store.syncDir('incoming');
+    } catch (e) {
+      await this.cleanupAfterFailure();
+      throw e;
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    await this.cleanupAfterFailure();
+  }
+
+  private async cleanupAfterFailure(): Promise<void> {
+    if (this.fh !== null) {
+      await this.fh.close().catch(() => {});
+      this.fh = null;
+    }
+    await fsp.rm(this.store.path('tmp', this.id), { force: true }).catch(() => {});
+  }
+}
+
+const LENGTHS_SIZE_BYTES = HEADER_SIZE - MAGIC.length;
+
+/** Synchronous fsync of a directory (used at start-up only). */
+export function fsyncDirSync(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}

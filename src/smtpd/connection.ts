@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: MIT
+// Connection: the one I/O loop per client. Reads command lines (bounded, CRLF only), calls the session's
+// handlers in order, batches replies for pipelining (RFC 2920), and streams DATA/BDAT bodies to cleanup
+// with backpressure. Never holds a whole message in memory.
+
+import type { Socket } from 'node:net';
+import { TextDecoder } from 'node:util';
+import type { Logger } from '../log/index.ts';
+import { formatReply, R, reply, type Reply } from '../core/reply.ts';
+import { parseCommand } from './parser.ts';
+import { DataReader, LineEndChecker } from './data.ts';
+import { CleanupTransaction, type CleanupResult } from './cleanup-client.ts';
+import {
+  canStartBody, envelopeOf, greeting, hello, mail, newSession, rcpt, resetTransaction,
+  type Session, type SessionLimits,
+} from './session.ts';
+import type { RecipientPolicy } from './relay.ts';
+
+// RFC 5321 §4.5.3.1.4 sets 512 octets; extensions (DSN ORCPT, SMTPUTF8) make longer lines legitimate.
+export const MAX_COMMAND_LINE = 2048;
+// Unprocessed input kept while a command runs (pipelining); past it the socket is paused.
+const MAX_PENDING_INPUT = 256 * 1024;
+
+/** Everything a connection needs, passed in by the server. */
+export interface ConnectionDeps {
+  readonly limits: SessionLimits;
+  readonly policy: RecipientPolicy;
+  readonly cleanupPath: string;
+  readonly log: Logger;
+  readonly maxErrors: number;
+  readonly timeoutMs: number;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+type Mode = 'cmd' | 'data' | 'bdat' | 'closed';
+
+/** One SMTP session over `sock`; call start() once the client is admitted. */
+export class Connection {
+  private readonly sock: Socket;
+  private readonly deps: ConnectionDeps;
+  private readonly session: Session;
+  private buf: Buffer = Buffer.alloc(0);
+  private mode: Mode = 'cmd';
+  private busy = false;
+  private discarding = false;
+  private out = '';
+  private errors = 0;
+  private tx: CleanupTransaction | null = null;
+  private reader: DataReader | null = null;
+  private tooBig = false;
+  // BDAT state
+  private bdatRemaining = 0;
+  private bdatLast = false;
+  private bdatSize = 0;
+  private bdatError: Reply | null = null;
+  private bdatFailed: Reply | null = null;
+  private checker: LineEndChecker | null = null;
+  private stopping = false;
+  private readonly started = Date.now();
+  /** Called once when the connection is gone. */
+  onClose: (() => void) | null = null;
+
+  constructor(sock: Socket, deps: ConnectionDeps) {
+    this.sock = sock;
+    this.deps = deps;
+    this.session = newSession(normalizeIp(sock.remoteAddress ?? ''), sock.remotePort ?? 0);
+    sock.setNoDelay(true);
+    sock.on('error', () => this.close());
+    sock.on('close', () => this.close());
+  }
+
+  /** Client IP as used for policy decisions. */
+  get ip(): string {
+    return this.session.ip;
+  }
+
+  /** Sends the greeting and starts reading. */
+  start(): void {
+    this.deps.log.info({ event: 'connect', client: this.session.ip, port: this.session.port });
+    this.sock.setTimeout(this.deps.timeoutMs, () => this.fail(R.timeout, 'timeout'));
+    this.sock.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.send(greeting(this.deps.limits));
+    this.flush();
+  }
+
+  /** Refuses the client before any dialogue (limits) and closes. */
+  refuse(r: Reply): void {
+    this.mode = 'closed';
+    this.sock.end(formatReply(r));
+    this.sock.destroySoon();
+  }
+
+  /** Ends the session for shutdown: at once when idle, else after the current command. */
+  shutdown(force: boolean): void {
+    this.stopping = true;
+    if (force || (!this.busy && this.idle())) this.fail(R.shuttingDown, 'shutdown');
+  }
+
+  // Between transactions: nothing would be lost by closing now.
+  private idle(): boolean {
+    return this.mode === 'cmd' && this.session.sender === undefined && this.bdatFailed === null;
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.mode === 'closed') return;
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (this.busy) {
+      if (this.buf.length > MAX_PENDING_INPUT) this.sock.pause();
+      return;
+    }
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      while (this.mode !== 'closed') {
+        if (this.mode === 'data') {
+          if (!(await this.feedData())) break;
+          await this.finishData();
+          continue;
+        }
+        if (this.mode === 'bdat') {
+          if (!(await this.feedBdat())) break;
+          await this.finishBdatChunk();
+          continue;
+        }
+        const line = this.nextLine();
+        if (line === null) break;
+        if (line === true) continue;
+        await this.command(line);
+        if (this.stopping && this.idle()) {
+          this.fail(R.shuttingDown, 'shutdown');
+          break;
+        }
+      }
+    } catch (e) {
+      this.deps.log.error({ event: 'session-error', client: this.session.ip, err: (e as Error).message });
+      this.fail(R.localError, 'internal error');
+    } finally {
+      this.busy = false;
+      this.flush();
+      if (this.sock.isPaused() && this.buf.length <= MAX_PENDING_INPUT && this.mode !== 'closed') this.sock.resume();
+    }
+  }
+
+  // Returns a command line, true when a line was consumed with a reply already queued, or null for "need more".
+  private nextLine(): string | true | null {
+    const lf = this.buf.indexOf(0x0a);
+    if (lf < 0) {
+      if (this.buf.length > MAX_COMMAND_LINE) {
+        // Overlong: drop what we have and keep dropping to the next LF, then answer once.
+        this.discarding = true;
+        this.buf = Buffer.alloc(0);
+      }
+      return null;
+    }
+    const raw = this.buf.subarray(0, lf + 1);
+    this.buf = this.buf.subarray(lf + 1);
+    if (this.discarding || raw.length > MAX_COMMAND_LINE + 2) {
+      this.discarding = false;
+      this.error(R.lineTooLong);
+      return true;
+    }
+    if (lf === 0 || raw[lf - 1] !== 0x0d) {
+      this.error(R.bareLfCommand);
+      return true;
+    }
+    const content = raw.subarray(0, raw.length - 2);
+    if (content.indexOf(0x0d) >= 0) {
+      this.error(R.bareLfCommand);
+      return true;
+    }
+    if (content.indexOf(0) >= 0) {
+      this.error(R.nulInCommand);
+      return true;
+    }
+    try {
+      return utf8.decode(content);
+    } catch {
+      this.error(reply(500, '5.5.2', 'Invalid UTF-8 in command'));
+      return true;
+    }
+  }
+
+  private async command(line: string): Promise<void> {
+    const { verb, args } = parseCommand(line);
+    const s = this.session;
+    const l = this.deps.limits;
+    switch (verb) {
+      case 'EHLO':
+      case 'HELO':
+        return this.answer(hello(s, l, verb, args));
+      case 'MAIL':
+        return this.answer(mail(s, l, args));
+      case 'RCPT':
+        return this.answer(rcpt(s, l, this.deps.policy, args));
+      case 'DATA':
+        return this.startData(args);
+      case 'BDAT':
+        return this.startBdat(args);
+      case 'RSET':
+        if (args.trim() !== '') return this.answer(R.noParams);
+        resetTransaction(s);
+        this.bdatFailed = null;
+        return this.answer(R.resetOk);
+      case 'NOOP':
+        return this.answer(R.noop);
+      case 'QUIT':
+        this.send(R.bye);
+        this.flush();
+        this.mode = 'closed';
+        this.sock.end();
+        return;
+      case 'VRFY':
+      case 'EXPN':
+        // RFC 5321 §3.5.3: 252 without revealing whether the user exists.
+        return this.answer(args.trim() === '' ? R.syntax : R.vrfy);
+      case 'HELP':
+        return this.answer(R.help);
+      case 'STARTTLS':
+      case 'AUTH':
+      case 'TURN':
+      case 'ETRN':
+        return this.answer(R.notImplemented);
+      default:
+        return this.answer(R.unknownCommand);
+    }
+  }
+
+  private startData(args: string): void {
+    if (args.trim() !== '') return this.answer(R.noParams);
+    const refusal = canStartBody(this.session, 'DATA');
+    if (refusal !== null) return this.answer(refusal);
+    this.session.bodyMode = 'DATA';
+    this.tx = new CleanupTransaction(this.deps.cleanupPath, envelopeOf(this.session));
+    this.reader = new DataReader();
+    this.tooBig = false;
+    this.mode = 'data';
+    this.send(R.startData);
+    this.flush();
+  }
+
+  // Feeds buffered input to the DATA reader; true when the end of data was reached.
+  private async feedData(): Promise<boolean> {
+    const reader = this.reader!;
+    const tx = this.tx!;
+    if (this.buf.length === 0) return false;
+    const input = this.buf;
+    const res = reader.push(input);
+    this.buf = res.done ? input.subarray(res.consumed) : Buffer.alloc(0);
+    if (!this.tooBig && reader.size > this.deps.limits.maxMessageSize) {
+      this.tooBig = true;
+      tx.abort();
+    }
+    if (!this.tooBig && !reader.bareLineEnd && !reader.nul && tx.failed === null && res.out.length > 0) {
+      if (!tx.write(res.out)) await new Promise<void>((r) => tx.onDrain(r));
+    }
+    return res.done;
+  }
+
+  private async finishData(): Promise<void> {
+    const reader = this.reader!;
+    const tx = this.tx!;
+    this.mode = 'cmd';
+    this.reader = null;
+    this.tx = null;
+    let r: Reply;
+    if (reader.nul) r = this.rejectBody(tx, R.nulInData, 'NUL in data');
+    else if (reader.bareLineEnd) r = this.rejectBody(tx, R.bareLfData, 'bare CR or LF in data');
+    else if (this.tooBig) r = this.rejectBody(tx, R.tooBig, 'message too large');
+    else r = this.queued(await tx.end(), reader.size);
+    resetTransaction(this.session);
+    this.answer(r);
+  }
+
+  private startBdat(args: string): void {
+    const m = /^(\d{1,15})(?: +(LAST))? *$/i.exec(args);
+    if (m === null) {
+      // The chunk size is unknown, so its bytes cannot be skipped safely: close (no command smuggling).
+      this.send(reply(501, '5.5.4', 'Syntax: BDAT chunk-size [LAST]; closing connection', true));
+      this.flush();
+      this.mode = 'closed';
+      this.sock.end();
+      return;
+    }
+    this.bdatRemaining = Number(m[1]);
+    this.bdatLast = m[2] !== undefined;
+    this.bdatError = this.bdatFailed;
+    if (this.bdatError === null && this.tx === null) {
+      const refusal = canStartBody(this.session, 'BDAT');
+      if (refusal !== null) this.bdatError = refusal;
+      else {
+        this.session.bodyMode = 'BDAT';
+        this.tx = new CleanupTransaction(this.deps.cleanupPath, envelopeOf(this.session));
+        this.checker = new LineEndChecker();
+        this.bdatSize = 0;
+      }
+    }
+    this.mode = 'bdat';
+  }
+
+  // Consumes BDAT bytes; true when the current chunk is complete.
+  private async feedBdat(): Promise<boolean> {
+    if (this.bdatRemaining > 0) {
+      if (this.buf.length === 0) return false;
+      const take = Math.min(this.bdatRemaining, this.buf.length);
+      const part = this.buf.subarray(0, take);
+      this.buf = this.buf.subarray(take);
+      this.bdatRemaining -= take;
+      const tx = this.tx;
+      if (this.bdatError === null && tx !== null) {
+        this.bdatSize += take;
+        this.checker!.push(part);
+        if (this.bdatSize > this.deps.limits.maxMessageSize) {
+          this.bdatError = R.tooBig;
+          tx.abort();
+        } else if (tx.failed === null && !tx.write([part])) {
+          await new Promise<void>((r) => tx.onDrain(r));
+        }
+      }
+    }
+    return this.bdatRemaining === 0;
+  }
+
+  private async finishBdatChunk(): Promise<void> {
+    this.mode = 'cmd';
+    const tx = this.tx;
+    if (this.bdatError !== null || tx === null) {
+      const r = this.bdatError ?? R.badSequence;
+      if (tx !== null) tx.abort();
+      this.tx = null;
+      this.bdatFailed = this.bdatLast ? null : r;
+      if (this.bdatLast) resetTransaction(this.session);
+      return this.answer(r);
+    }
+    if (!this.bdatLast) return this.answer(reply(250, '2.0.0', `${this.bdatSize} octets received`));
+    const checker = this.checker!;
+    this.tx = null;
+    this.checker = null;
+    let r: Reply;
+    if (checker.nul) r = this.rejectBody(tx, R.nulInData, 'NUL in BDAT');
+    else if (checker.bareLineEnd || checker.pendingCr) r = this.rejectBody(tx, R.bareLfData, 'bare CR or LF in BDAT');
+    else {
+      // A message must end with CRLF to be relayed as lines; add it when the client did not.
+      if (checker.endsMidLine) tx.write([Buffer.from('\r\n')]);
+      r = this.queued(await tx.end(), this.bdatSize);
+    }
+    resetTransaction(this.session);
+    this.answer(r);
+  }
+
+  private rejectBody(tx: CleanupTransaction, r: Reply, reason: string): Reply {
+    tx.abort();
+    this.deps.log.info({ event: 'reject', client: this.session.ip, code: r.code, dsn: r.enhanced, reason });
+    return r;
+  }
+
+  private queued(res: CleanupResult, size: number): Reply {
+    if (!res.ok) {
+      this.deps.log.warn({ event: 'reject', client: this.session.ip, code: res.reply.code, dsn: res.reply.enhanced, reason: res.reason });
+      return res.reply;
+    }
+    this.session.messages++;
+    this.deps.log.info({ event: 'queued', qid: res.qid, client: this.session.ip, from: envelopeSender(this.session), nrcpt: this.session.recipients.length, size });
+    return reply(250, '2.0.0', `Ok: queued as ${res.qid}`);
+  }
+
+  private answer(r: Reply): void {
+    if (r.code >= 400) this.error(r);
+    else this.send(r);
+  }
+
+  private error(r: Reply): void {
+    this.send(r);
+    if (r.close) return;
+    this.errors++;
+    if (this.errors >= this.deps.maxErrors) {
+      this.send(R.tooManyErrors);
+    }
+  }
+
+  private send(r: Reply): void {
+    if (this.mode === 'closed') return;
+    this.out += formatReply(r);
+    if (r.close) {
+      this.flush();
+      this.mode = 'closed';
+      this.sock.end();
+    }
+  }
+
+  private flush(): void {
+    if (this.out !== '' && !this.sock.destroyed) {
+      this.sock.write(this.out);
+    }
+    this.out = '';
+  }
+
+  private fail(r: Reply, why: string): void {
+    if (this.mode === 'closed') return;
+    if (this.tx !== null) this.tx.abort();
+    this.tx = null;
+    this.deps.log.info({ event: 'drop', client: this.session.ip, reason: why });
+    this.send(r.close ? r : { ...r, close: true });
+  }
+
+  private close(): void {
+    if (this.tx !== null) this.tx.abort();
+    this.tx = null;
+    this.mode = 'closed';
+    if (this.onClose !== null) {
+      const cb = this.onClose;
+      this.onClose = null;
+      this.deps.log.info({ event: 'disconnect', client: this.session.ip, messages: this.session.messages, errors: this.errors, seconds: (Date.now() - this.started) / 1000 });
+      cb();
+    }
+    if (!this.sock.destroyed) this.sock.destroy();
+  }
+}
+
+function envelopeSender(s: Session): string {
+  return s.sender ? `${s.sender.local}@${s.sender.domain}` : '';
+}
+
+/** "::ffff:1.2.3.4" → "1.2.3.4" so policy and logs see the IPv4 address. */
+export function normalizeIp(ip: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  return m !== null ? m[1]! : ip;
+}

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: MIT
+// smtpd: the SMTP server. Accepts connections on listening handles that master passes in, asks the anvil
+// (in master) before greeting, runs one Connection per client, streams messages to cleanup.
+// Must not: open queue files, hold keys, or trust anything the client says beyond its bounds.
+
+import type { Server, Socket } from 'node:net';
+import type { Config } from '../config/index.ts';
+import type { Logger } from '../log/index.ts';
+import { networkList } from '../core/cidr.ts';
+import { R } from '../core/reply.ts';
+import { parseDuration } from '../core/duration.ts';
+import { createTable } from '../lookup/index.ts';
+import { readAliases } from '../lookup/index.ts';
+import type { Admission } from '../policy/index.ts';
+import { Connection, normalizeIp, type ConnectionDeps } from './connection.ts';
+import type { RecipientPolicy } from './relay.ts';
+
+/** Asks the shared session counter; implemented over the master channel in production. */
+export interface SessionGate {
+  admit(ip: string, exempt: boolean): Promise<Admission>;
+  release(ip: string): void;
+}
+
+/** What smtpd needs from outside. */
+export interface SmtpdDeps {
+  readonly log: Logger;
+  readonly gate: SessionGate;
+  /** Path of cleanup's socket (queue.dir/private/cleanup). */
+  readonly cleanupPath: string;
+}
+
+/** A running smtpd: attach listening servers, drain on shutdown. */
+export interface Smtpd {
+  attach(server: Server): void;
+  /** Stops taking connections; ends idle sessions now and the rest by `deadlineMs`. Resolves when all are gone. */
+  drain(deadlineMs: number): Promise<void>;
+  readonly sessions: number;
+}
+
+/** Builds the recipient policy from config (reads recipient and alias files once). */
+export function createRecipientPolicy(cfg: Config): RecipientPolicy {
+  const aliasNames = cfg.local.aliases === '' ? [] : readAliases(cfg.local.aliases).entries.map((e) => e.name);
+  return {
+    localDomains: new Set(cfg.local.domains),
+    relayDomains: new Set(cfg.relay.domains),
+    trusted: networkList(cfg.relay.trusted_networks),
+    recipients: createTable(cfg.local.recipients),
+    aliases: createTable(aliasNames),
+  };
+}
+
+/** Creates the smtpd for one worker process. */
+export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
+  const trusted = networkList(cfg.relay.trusted_networks);
+  const connDeps: ConnectionDeps = {
+    limits: {
+      hostname: cfg.server.hostname,
+      maxMessageSize: cfg.smtp.max_message_size,
+      maxRecipients: cfg.smtp.max_recipients,
+      requireHelo: cfg.smtp.require_helo,
+    },
+    policy: createRecipientPolicy(cfg),
+    cleanupPath: deps.cleanupPath,
+    log: deps.log,
+    maxErrors: cfg.smtp.max_errors,
+    timeoutMs: parseDuration(cfg.smtp.timeout)!,
+  };
+  const conns = new Set<Connection>();
+  const servers: Server[] = [];
+  let draining = false;
+  let drained: (() => void) | null = null;
+
+  function onConnection(sock: Socket): void {
+    if (draining) {
+      sock.end(`421 4.3.2 ${cfg.server.hostname} Service shutting down\r\n`);
+      return;
+    }
+    const conn = new Connection(sock, connDeps);
+    const ip = normalizeIp(sock.remoteAddress ?? '');
+    conns.add(conn);
+    let admitted = false;
+    conn.onClose = () => {
+      conns.delete(conn);
+      if (admitted) deps.gate.release(ip);
+      if (draining && conns.size === 0) drained?.();
+    };
+    deps.gate.admit(ip, trusted.has(ip)).then(
+      (verdict) => {
+        if (sock.destroyed) {
+          if (verdict === 'ok') deps.gate.release(ip);
+          return;
+        }
+        if (verdict === 'ok') {
+          admitted = true;
+          conn.start();
+        } else {
+          deps.log.info({ event: 'reject', client: ip, reason: verdict === 'global' ? 'max_sessions' : 'max_sessions_per_ip' });
+          conn.refuse(verdict === 'global' ? R.tooManySessions : R.tooManySessionsIp);
+        }
+      },
+      () => conn.refuse(R.localError),
+    );
+  }
+
+  return {
+    attach(server: Server): void {
+      servers.push(server);
+      server.on('connection', onConnection);
+    },
+    drain(deadlineMs: number): Promise<void> {
+      draining = true;
+      for (const s of servers) s.close();
+      if (conns.size === 0) return Promise.resolve();
+      for (const c of conns) c.shutdown(false);
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          for (const c of conns) c.shutdown(true);
+          setTimeout(resolve, 200);
+        }, deadlineMs);
+        drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        if (conns.size === 0) drained();
+      });
+    },
+    get sessions() {
+      return conns.size;
+    },
+  };
+}
