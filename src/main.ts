@@ -14,6 +14,10 @@ import { createSmtpd, type SessionGate } from './smtpd/index.ts';
 import { createCleanup } from './cleanup/index.ts';
 import { QueueStore } from './queue/index.ts';
 import type { Admission } from './policy/index.ts';
+import { createQmgr, type QmgrCommand } from './qmgr/index.ts';
+import { createDelivery } from './delivery/index.ts';
+import { createResolver, parseServer, systemServers } from './dns/index.ts';
+import { parseDuration } from './core/duration.ts';
 
 const ENTRY = fileURLToPath(import.meta.url);
 
@@ -49,6 +53,7 @@ interface InitMessage {
   socket?: string;
   socketGroup?: number;
   cleanupPath?: string;
+  deliveryPath?: string;
 }
 
 function firstMessage(): Promise<InitMessage> {
@@ -73,6 +78,8 @@ async function runChild(role: string): Promise<void> {
   const init = await firstMessage();
   if (role === 'cleanup') return runCleanup(init);
   if (role === 'smtpd') return runSmtpd(init);
+  if (role === 'qmgr') return runQmgr(init);
+  if (role === 'delivery') return runDelivery(init);
   throw new Error(`unknown child role ${role}`);
 }
 
@@ -82,7 +89,7 @@ async function runCleanup(init: InitMessage): Promise<void> {
   const store = new QueueStore(cfg.queue.dir);
   // The only writer of tmp/: whatever is there was never acknowledged.
   for (const id of await store.recover()) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
-  const cleanup = createCleanup({ log, store }, cfg);
+  const cleanup = createCleanup({ log, store, onCommit: (qid) => process.send!({ type: 'commit', qid }) }, cfg);
   const path = init.socket!;
   rmSync(path, { force: true });
   await cleanup.listen(path);
@@ -133,6 +140,41 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         void smtpd.drain(m.deadlineMs ?? 0).then(() => process.exit(0));
         return;
     }
+  });
+}
+
+async function runQmgr(init: InitMessage): Promise<void> {
+  const cfg = init.config;
+  const log = createLogger('qmgr', cfg.log.level);
+  const store = new QueueStore(cfg.queue.dir);
+  const qmgr = createQmgr({ log, store, deliveryPath: init.deliveryPath!, cleanupPath: init.cleanupPath! }, cfg);
+  process.on('message', (m: { type: string; qid?: string; id?: number; cmd?: QmgrCommand; deadlineMs?: number }) => {
+    if (m.type === 'commit') qmgr.notify(m.qid!);
+    else if (m.type === 'control') {
+      void qmgr.control(m.cmd!).then(
+        (answer) => process.connected && process.send!({ type: 'control-answer', id: m.id, answer }),
+        (e: Error) => process.connected && process.send!({ type: 'control-answer', id: m.id, answer: { ok: false, error: e.message } }),
+      );
+    } else if (m.type === 'stop') void qmgr.stop(m.deadlineMs ?? 0).then(() => process.exit(0));
+  });
+  await qmgr.start();
+  process.send!({ type: 'ready' });
+}
+
+async function runDelivery(init: InitMessage): Promise<void> {
+  const cfg = init.config;
+  const log = createLogger('delivery', cfg.log.level);
+  const servers = cfg.dns.servers.length > 0 ? cfg.dns.servers.map((s) => parseServer(s)!).filter(Boolean) : systemServers();
+  const resolver = createResolver(servers, parseDuration(cfg.dns.timeout)!, cfg.dns.dnssec);
+  const worker = createDelivery({ log, resolver, cleanupPath: init.cleanupPath! }, cfg);
+  process.on('message', (m: { type: string; display?: string }, handle?: unknown) => {
+    if (m.type === 'listen') {
+      const server = createServer();
+      server.listen(handle as object, () => {
+        worker.attach(server);
+        process.send!({ type: 'listening', display: m.display });
+      });
+    } else if (m.type === 'drain') void worker.drain().then(() => process.exit(0));
   });
 }
 

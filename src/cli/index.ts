@@ -35,11 +35,16 @@ options:
   stop: 'usage: palisade stop [--config FILE]\n\nDrains sessions (up to server.drain_timeout) and stops. Exit 75 when Palisade is not running.',
   reload: 'usage: palisade reload [--config FILE]\n\nRe-reads the config; a bad config is refused and the running one stays.',
   'check-config': 'usage: palisade check-config [--config FILE]\n\nValidates the config; prints the effective config as TOML. Exit 78 on errors.',
-  queue: `usage: palisade queue <list [--json] | show ID [--json]> [--config FILE]
+  queue: `usage: palisade queue <command> [--config FILE]
 
-  list    every queued message with its recipients and their state
-  show    one message: envelope, recipients, last reply and next retry
-Exit 1 when the queue ID is unknown.`,
+  list [--json]   every queued message with its recipients and their state
+  show ID [--json] one message: envelope, recipients, last reply and next retry
+  hold ID         keep a message from delivery until released
+  release ID      deliver a held message again
+  delete ID       remove a message (no DSN)
+  requeue ID      retry a deferred message now
+  flush           retry every deferred message now
+Exit 1 when the queue ID is unknown, 75 when Palisade is not running (all but list/show).`,
   newaliases: 'usage: newaliases [--config FILE]\n\nValidates the alias file named by local.aliases; exit 65 with the line of each problem.',
 };
 
@@ -139,8 +144,24 @@ async function queue(cfg: Config, args: string[], json: boolean): Promise<number
     return EXIT.ok;
   }
   if (['hold', 'release', 'delete', 'requeue', 'flush'].includes(sub)) {
-    process.stderr.write(`palisade: queue ${sub} needs the queue manager, which arrives with delivery\n`);
-    return EXIT.unavailable;
+    if (sub !== 'flush' && id === undefined) return usage('queue', `queue ${sub} needs a queue ID`);
+    if (id !== undefined && !QUEUE_ID.test(id)) {
+      process.stderr.write(`palisade: no message ${id} in the queue\n`);
+      return EXIT.notFound;
+    }
+    let answer: { ok: boolean; error?: string; code?: number };
+    try {
+      answer = (await request(store.path('private', 'control'), { cmd: 'queue', op: sub === 'flush' ? { cmd: 'flush' } : { cmd: sub, id } })) as typeof answer;
+    } catch (e) {
+      process.stderr.write(`palisade: Palisade is not running (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})\n`);
+      return EXIT.tempFail;
+    }
+    if (!answer.ok) {
+      process.stderr.write(`palisade: queue ${sub}: ${answer.error ?? 'failed'}\n`);
+      return answer.code === 1 ? EXIT.notFound : EXIT.tempFail;
+    }
+    process.stdout.write(`queue ${sub}${id ? ` ${id}` : ''}: ok\n`);
+    return EXIT.ok;
   }
   return usage('queue', `unknown queue command "${sub}"`);
 }

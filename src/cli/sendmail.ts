@@ -9,10 +9,9 @@ import { configPath, loadConfig, ConfigError } from '../config/index.ts';
 import { parseMailbox, mailboxToString } from '../core/address.ts';
 import type { EnvelopeRecipient } from '../core/envelope.ts';
 import { EXIT } from '../core/exit.ts';
-import { encodeData, encodeFrame, encodeJson, FrameDecoder } from '../ipc/index.ts';
+import { submit } from '../ipc/index.ts';
 import { QueueStore } from '../queue/index.ts';
-import { rfc5322Date } from '../cleanup/headers.ts';
-import { connect } from 'node:net';
+import { rfc5322Date } from '../core/date.ts';
 
 interface Options {
   extract: boolean;
@@ -200,37 +199,14 @@ export async function runSendmail(argv: string[]): Promise<number> {
     client: { ip: '127.0.0.1', port: 0, helo: 'localhost', protocol: 'local' },
   };
   const store = new QueueStore(cfg.queue.dir);
-  const res = await inject(store.path('private', 'cleanup'), envelope, message);
+  const res = await submit(store.path('private', 'cleanup'), envelope, [message]);
   if (res.ok) return EXIT.ok;
-  process.stderr.write(`sendmail: ${res.error}\n`);
-  return res.code;
+  if (res.unavailable) {
+    process.stderr.write(`sendmail: Palisade is not running (${res.text}); message not sent\n`);
+    return EXIT.tempFail;
+  }
+  process.stderr.write(`sendmail: message refused: ${res.code} ${res.text}\n`);
+  return res.code >= 500 ? EXIT.dataErr : EXIT.tempFail;
 }
 
-function inject(path: string, envelope: object, message: Buffer): Promise<{ ok: true } | { ok: false; error: string; code: number }> {
-  return new Promise((resolve) => {
-    const sock = connect(path);
-    const dec = new FrameDecoder();
-    let settled = false;
-    const done = (r: { ok: true } | { ok: false; error: string; code: number }) => {
-      if (settled) return;
-      settled = true;
-      sock.destroy();
-      resolve(r);
-    };
-    sock.on('connect', () => {
-      sock.write(encodeJson({ type: 'begin', envelope }));
-      for (const f of encodeData(message)) sock.write(f);
-      sock.write(encodeFrame('end'));
-    });
-    sock.on('data', (c) => {
-      for (const f of dec.push(c)) {
-        if (f.kind !== 'json') continue;
-        const a = JSON.parse(f.payload.toString('utf8')) as { ok: boolean; code?: number; text?: string };
-        if (a.ok) done({ ok: true });
-        else done({ ok: false, error: `message refused: ${a.code ?? ''} ${a.text ?? ''}`, code: (a.code ?? 451) >= 500 ? EXIT.dataErr : EXIT.tempFail });
-      }
-    });
-    sock.on('error', (e: NodeJS.ErrnoException) => done({ ok: false, error: `Palisade is not running (${e.code ?? e.message}); message not sent`, code: EXIT.tempFail }));
-    sock.on('close', () => done({ ok: false, error: 'cleanup closed the connection; message not sent', code: EXIT.tempFail }));
-  });
-}
+

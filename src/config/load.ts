@@ -51,7 +51,7 @@ export function parseConfig(text: string, name: string, cwd: string): Config {
     throw new ConfigError(`${name}: ${(e as Error).message}`);
   }
   for (const sec of Object.keys(doc)) {
-    if (sec in LATER_SECTIONS) {
+    if (Object.hasOwn(LATER_SECTIONS, sec)) {
       throw new ConfigError(`${name}:${lineOf(text, [sec])}: [${sec}] is not supported by this build yet (${LATER_SECTIONS[sec]})`);
     }
   }
@@ -127,7 +127,10 @@ export function lineOf(text: string, path: readonly string[]): string {
     const l = lines[i]!.trim();
     const header = /^\[\s*([^\]]+?)\s*\]/.exec(l);
     if (header !== null) {
-      inSection = header[1]!.replace(/"/g, '') === section;
+      const name = header[1]!.replace(/"/g, '');
+      // A sub-table of a section, e.g. [smtp.x], is where the key "x" of [smtp] is.
+      if (key !== undefined && name === `${section}.${key}`) return String(i + 1);
+      inSection = name === section;
       if (inSection) {
         sectionLine = i + 1;
         if (key === undefined) return String(i + 1);
@@ -135,10 +138,15 @@ export function lineOf(text: string, path: readonly string[]): string {
       continue;
     }
     if (key !== undefined && inSection) {
-      const k = /^("([^"]*)"|[A-Za-z0-9_.*-]+)\s*=/.exec(l);
-      if (k !== null && (k[2] ?? k[1]) === key) return String(i + 1);
+      if (topKey(l) === key) return String(i + 1);
     }
-    if (key === undefined && new RegExp(`^${section}\\s*=`).test(l)) return String(i + 1);
+    if (key === undefined && topKey(l) === section) return String(i + 1);
   }
   return sectionLine > 0 ? String(sectionLine) : '?';
+}
+
+// The key a "key = value" line assigns (bare or quoted), or null. No regex is built from config text.
+function topKey(line: string): string | null {
+  const k = /^("([^"]*)"|[A-Za-z0-9_.*-]+)\s*=/.exec(line);
+  return k === null ? null : (k[2] ?? k[1]!);
 }

@@ -107,6 +107,8 @@ const queue = z
     retry_max: duration('1h', 'Longest retry delay'),
     lifetime: duration('5d', 'A message still undelivered after this is bounced'),
     delay_warning: duration('4h', 'Send a delay DSN after this; "0s" = off'),
+    scan_interval: duration('5s', 'How often the queue manager looks for new and due messages besides commit notices'),
+    active_limit: int(10_000, 1, 10_000_000, 'Messages held in the active set at once; the rest wait on disk'),
   })
   .prefault({});
 
@@ -117,6 +119,17 @@ const delivery = z
     connect_timeout: duration('30s', 'Outbound TCP connect timeout'),
     timeout: optionalDuration('"" = RFC 5321 §4.5.3.2 timeouts per stage; a duration = that limit for every reply'),
     max_recipients: int(50, 1, 100_000, 'Recipients per outbound transaction'),
+    workers: int(0, 0, 64, 'Delivery agent processes; 0 = CPU count'),
+    max_parallel: int(500, 1, 100_000, 'Deliveries in flight over all destinations'),
+    connection_cache_time: duration('5s', 'An idle outbound connection is kept this long for the next message to the same destination'),
+    connection_reuse_limit: int(100, 1, 1_000_000, 'Transactions per outbound connection before it is closed'),
+    reply_overrides: z
+      .array(z.strictObject({
+        pattern: z.string().refine((s) => { try { new RegExp(s, 'i'); return true; } catch { return false; } }, { message: 'expected a regular expression' }),
+        action: z.enum(['temporary', 'permanent']),
+      }))
+      .default([])
+      .describe('Remote replies whose text matches `pattern` (case-insensitive) are treated as temporary or permanent, overriding the reply code'),
   })
   .prefault({});
 

@@ -149,7 +149,7 @@ export function parseMailbox(s: string, utf8: boolean): Mailbox | AddressProblem
     if (lit === null) return 'syntax';
     return { local, domain: lit, literal: true, utf8: /[^\x00-\x7f]/.test(local), routing, sourceRoute: false };
   }
-  const domain = parseDomain(domainText, utf8);
+  const domain = normaliseDomain(domainText, utf8);
   if (domain === null) return 'syntax';
   if (domain.length > MAX_DOMAIN) return 'too-long';
   return { local, domain, literal: false, utf8: /[^\x00-\x7f]/.test(s), routing, sourceRoute: false };
@@ -170,6 +170,12 @@ const LDH_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
  * Returns null when it is not a valid domain (RFC 5321 §4.1.2 Domain, RFC 5890 labels).
  */
 export function parseDomain(text: string, utf8: boolean): string | null {
+  const d = normaliseDomain(text, utf8);
+  return d !== null && d.length <= MAX_DOMAIN ? d : null;
+}
+
+// parseDomain without the overall length bound, so parseMailbox can tell 'too-long' from 'syntax'.
+function normaliseDomain(text: string, utf8: boolean): string | null {
   let d = text;
   if (d.endsWith('.')) d = d.slice(0, -1);
   if (d === '' || d.length > 1024) return null;
@@ -185,7 +191,6 @@ export function parseDomain(text: string, utf8: boolean): string | null {
   for (const l of labels) {
     if (!LDH_LABEL.test(l)) return null;
   }
-  if (d.length > MAX_DOMAIN) return null;
   return d;
 }
 

@@ -4,3 +4,4 @@
 
 export { encodeFrame, encodeJson, encodeData, FrameDecoder, MAX_FRAME, KIND, type Frame, type FrameKind } from './framing.ts';
 export { request } from './request.ts';
+export { submit, type SubmitResult } from './submit.ts';

@@ -87,6 +87,16 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     handles.push({ name: 'smtp', display: family === 6 ? `[${out.address}]:${out.port}` : `${out.address}:${out.port}`, handle: h });
   }
 
+  // private/delivery: one listening Unix socket shared by every delivery worker (kernel balances jobs).
+  const deliveryPath = store.path('private', 'delivery');
+  rmSync(deliveryPath, { force: true });
+  const deliveryHandle = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(deliveryPath, -1, -1);
+  if (typeof deliveryHandle === 'number') throw new StartError(`cannot bind ${deliveryPath}: ${errnoName(deliveryHandle)}`, EXIT.software);
+  chmodSync(deliveryPath, 0o600);
+  if (ids !== null) chownSync(deliveryPath, ids.user.uid, ids.group);
+  mkdirSync(cfg.local.mailbox_dir, { recursive: true, mode: 0o700 });
+  if (ids !== null) chownSync(cfg.local.mailbox_dir, ids.user.uid, ids.group);
+
   const anvil = new Anvil({ maxSessions: cfg.smtp.max_sessions, maxSessionsPerIp: cfg.smtp.max_sessions_per_ip });
   let stopping = false;
   let failStart: ((e: Error) => void) | null = null;
@@ -100,11 +110,66 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
     onSpawn: (child) => {
       child.send({ type: 'init', role: 'cleanup', config: cfg, socket: cleanupPath, socketGroup: ids?.group ?? -1 });
-      child.on('message', (m: { type: string }) => {
+      child.on('message', (m: { type: string; qid?: string }) => {
         if (m.type === 'ready') cleanupReady();
+        else if (m.type === 'commit') qmgr.child?.send({ type: 'commit', qid: m.qid });
       });
     },
   }, log);
+
+  // ---- qmgr ----
+  let qmgrReady: () => void = () => {};
+  let nextControl = 1;
+  const controlWaiters = new Map<number, (a: unknown) => void>();
+  const qmgr = new Supervised({
+    role: 'qmgr',
+    index: 0,
+    entry: deps.entry,
+    ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
+    onSpawn: (child) => {
+      child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath });
+      child.on('message', (m: { type: string; id?: number; answer?: unknown }) => {
+        if (m.type === 'ready') qmgrReady();
+        else if (m.type === 'control-answer') {
+          const w = controlWaiters.get(m.id!);
+          controlWaiters.delete(m.id!);
+          w?.(m.answer);
+        }
+      });
+    },
+    onExit: () => {
+      for (const w of controlWaiters.values()) w({ ok: false, error: 'queue manager restarted; try again' });
+      controlWaiters.clear();
+    },
+  }, log);
+  const askQmgr = (cmd: object): Promise<unknown> => new Promise((resolve) => {
+    const child = qmgr.child;
+    if (child === null || !child.connected) return resolve({ ok: false, error: 'queue manager is not running; try again' });
+    const id = nextControl++;
+    controlWaiters.set(id, resolve);
+    child.send({ type: 'control', id, cmd });
+  });
+
+  // ---- delivery workers ----
+  const deliveryCount = cfg.delivery.workers > 0 ? cfg.delivery.workers : Math.max(1, cpus().length);
+  const deliveryWorkers: Supervised[] = [];
+  const spawnDelivery = (index: number, onReady: () => void): Supervised => {
+    const sup = new Supervised({
+      role: 'delivery',
+      index,
+      entry: deps.entry,
+      ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
+      onSpawn: (child) => {
+        child.send({ type: 'init', role: 'delivery', config: cfg, cleanupPath });
+        child.send({ type: 'listen', display: 'delivery' }, deliveryHandle as Server);
+        child.on('message', (m: { type: string }) => {
+          if (m.type === 'listening') onReady();
+        });
+      },
+    }, log);
+    sup.start();
+    return sup;
+  };
 
   // ---- smtpd workers ----
   const workerCount = cfg.smtp.workers > 0 ? cfg.smtp.workers : Math.max(1, cpus().length);
@@ -169,6 +234,13 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     await Promise.race([new Promise<void>((r) => { cleanupReady = r; cleanup.start(); }), startupTimeout('cleanup'), failed]);
     cleanupReady = () => {};
     await Promise.race([
+      Promise.all(Array.from({ length: deliveryCount }, (_, i) => new Promise<void>((r) => { deliveryWorkers.push(spawnDelivery(i, r)); }))),
+      startupTimeout('delivery'),
+      failed,
+    ]);
+    await Promise.race([new Promise<void>((r) => { qmgrReady = r; qmgr.start(); }), startupTimeout('qmgr'), failed]);
+    qmgrReady = () => {};
+    await Promise.race([
       Promise.all(Array.from({ length: workerCount }, (_, i) => new Promise<void>((r) => generation.push(spawnWorker(i, cfg, r))))),
       startupTimeout('smtpd'),
       failed,
@@ -176,6 +248,8 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   } catch (e) {
     stopping = true;
     await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
+    await qmgr.stop({ type: 'stop', deadlineMs: 0 }, 2000);
+    await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 2000)));
     await cleanup.stop({ type: 'stop' }, 2000);
     throw e;
   }
@@ -193,6 +267,9 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     const drainMs = parseDuration(cfg.server.drain_timeout)!;
     log.info({ event: 'stopping', reason, drain_timeout_ms: drainMs });
     await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
+    // Deliveries in flight may finish (they need cleanup for DSNs); the rest repeat after restart.
+    await qmgr.stop({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
+    await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 5000)));
     await cleanup.stop({ type: 'stop' }, 10_000);
     control.close();
     rmSync(controlPath, { force: true });
@@ -226,6 +303,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       const drainMs = parseDuration(cfg.server.drain_timeout)!;
       void Promise.all(old.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
       cleanup.child?.send({ type: 'config', config: cfg });
+      qmgr.child?.send({ type: 'config', config: cfg });
       log.info({ event: 'reloaded', source: cfg.source });
       return { ok: true };
     } finally {
@@ -236,12 +314,14 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   async function handleControl(cmd: { cmd?: string }): Promise<unknown> {
     switch (cmd.cmd) {
       case 'status':
-        return { ok: true, pid: process.pid, sessions: anvil.sessions, workers: generation.length };
+        return { ok: true, pid: process.pid, sessions: anvil.sessions, workers: generation.length, qmgr: await askQmgr({ cmd: 'status' }) };
       case 'stop':
         setImmediate(() => void shutdown('control'));
         return { ok: true };
       case 'reload':
         return reload();
+      case 'queue':
+        return askQmgr((cmd as { op?: object }).op ?? {});
       default:
         return { ok: false, error: `unknown command ${String(cmd.cmd)}` };
     }

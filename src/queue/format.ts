@@ -42,9 +42,9 @@ export function lengthsLine(envLen: number, msgLen: number): string {
   return `L ${String(envLen).padStart(10, '0')} ${String(msgLen).padStart(16, '0')}\n`;
 }
 
-/** Formats the end record. */
-export function endRecord(sha256hex: string): string {
-  return `E ${sha256hex}\n`;
+/** Formats the end record: the message's SHA-256 and whether it holds 8-bit bytes ("8bit" / "7bit"). */
+export function endRecord(sha256hex: string, eightBit: boolean): string {
+  return `E ${sha256hex} ${eightBit ? '8bit' : '7bit'}\n`;
 }
 
 /** Formats one state record line. */
@@ -59,6 +59,8 @@ export interface ParsedQueueFile {
   readonly messageOffset: number;
   readonly messageLength: number;
   readonly sha256: string;
+  /** The message holds bytes over 127 (needs 8BITMIME or SMTPUTF8 on the way out). */
+  readonly eightBit: boolean;
   readonly records: readonly StateRecord[];
 }
 
@@ -92,10 +94,10 @@ export function parseHead(head: Buffer): { envLen: number; msgLen: number; envel
 }
 
 /** Parses the end record and the state records that follow the message. */
-export function parseTail(tail: Buffer): { sha256: string; records: StateRecord[] } {
+export function parseTail(tail: Buffer): { sha256: string; eightBit: boolean; records: StateRecord[] } {
   const text = tail.toString('utf8');
   const lines = text.split('\n');
-  const end = /^E ([0-9a-f]{64})$/.exec(lines[0] ?? '');
+  const end = /^E ([0-9a-f]{64}) (8bit|7bit)$/.exec(lines[0] ?? '');
   if (end === null) throw new CorruptQueueFile('missing end record');
   const records: StateRecord[] = [];
   for (let i = 1; i < lines.length; i++) {
@@ -110,5 +112,5 @@ export function parseTail(tail: Buffer): { sha256: string; records: StateRecord[
       throw new CorruptQueueFile('bad state record');
     }
   }
-  return { sha256: end[1]!, records };
+  return { sha256: end[1]!, eightBit: end[2] === '8bit', records };
 }

@@ -2,6 +2,7 @@
 // QueueStore: the spool directories, durable commit (fsync file, rename, fsync directory), state moves, reads.
 
 import { createHash, type Hash } from 'node:crypto';
+import { isAscii } from 'node:buffer';
 import { constants, promises as fsp, openSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { DirSync } from './dirsync.ts';
@@ -124,28 +125,8 @@ export class QueueStore {
   }
 
   /** Reads and verifies a queue file's envelope, end record and state records (not the message). */
-  async read(state: MessageState, id: string): Promise<ParsedQueueFile> {
-    const fh = await fsp.open(this.path(state, id), 'r');
-    try {
-      const st = await fh.stat();
-      const first = Buffer.alloc(Math.min(st.size, 64 * 1024));
-      await fh.read(first, 0, first.length, 0);
-      let head: Buffer = first;
-      const lens = parseLengths(first);
-      if (lens !== null && HEADER_SIZE + lens.envLen + 1 > first.length) {
-        head = Buffer.alloc(Math.min(st.size, HEADER_SIZE + lens.envLen + 1));
-        await fh.read(head, 0, head.length, 0);
-      }
-      const h = parseHead(head);
-      const tailStart = h.messageOffset + h.msgLen;
-      if (tailStart > st.size) throw new CorruptQueueFile('truncated message');
-      const tail = Buffer.alloc(st.size - tailStart);
-      await fh.read(tail, 0, tail.length, tailStart);
-      const t = parseTail(tail);
-      return { envelope: h.envelope, messageOffset: h.messageOffset, messageLength: h.msgLen, sha256: t.sha256, records: t.records };
-    } finally {
-      await fh.close();
-    }
+  read(state: MessageState, id: string): Promise<ParsedQueueFile> {
+    return readQueueFile(this.path(state, id));
   }
 
   /** Reads the message bytes of a queued file (for show --body, delivery, tests). */
@@ -196,6 +177,31 @@ export class QueueStore {
   }
 }
 
+/** Reads a queue file's envelope, end record and state records by path (delivery agents use this). */
+export async function readQueueFile(path: string): Promise<ParsedQueueFile> {
+  const fh = await fsp.open(path, 'r');
+  try {
+    const st = await fh.stat();
+    const first = Buffer.alloc(Math.min(st.size, 64 * 1024));
+    await fh.read(first, 0, first.length, 0);
+    let head: Buffer = first;
+    const lens = parseLengths(first);
+    if (lens !== null && HEADER_SIZE + lens.envLen + 1 > first.length) {
+      head = Buffer.alloc(Math.min(st.size, HEADER_SIZE + lens.envLen + 1));
+      await fh.read(head, 0, head.length, 0);
+    }
+    const h = parseHead(head);
+    const tailStart = h.messageOffset + h.msgLen;
+    if (tailStart > st.size) throw new CorruptQueueFile('truncated message');
+    const tail = Buffer.alloc(st.size - tailStart);
+    await fh.read(tail, 0, tail.length, tailStart);
+    const t = parseTail(tail);
+    return { envelope: h.envelope, messageOffset: h.messageOffset, messageLength: h.msgLen, sha256: t.sha256, eightBit: t.eightBit, records: t.records };
+  } finally {
+    await fh.close();
+  }
+}
+
 function parseLengths(b: Buffer): { envLen: number } | null {
   const m = /^L (\d{10}) /.exec(b.subarray(MAGIC.length, HEADER_SIZE).toString('latin1'));
   return m === null ? null : { envLen: Number(m[1]) };
@@ -232,6 +238,7 @@ class FileWriter implements QueueWriter {
   private fh: fsp.FileHandle | null = null;
   private written = 0;
   private done = false;
+  private eightBit = false;
 
   constructor(store: QueueStore, id: string, envelope: QueueEnvelope) {
     this.store = store;
@@ -244,6 +251,7 @@ class FileWriter implements QueueWriter {
   async write(chunk: Buffer): Promise<void> {
     invariant(!this.done, 'write after commit/abort');
     this.hash.update(chunk);
+    if (!this.eightBit && !isAscii(chunk)) this.eightBit = true;
     this.size += chunk.length;
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
@@ -278,8 +286,9 @@ class FileWriter implements QueueWriter {
   async commit(): Promise<void> {
     invariant(!this.done, 'commit twice');
     this.done = true;
-    this.pending.push(Buffer.from(endRecord(this.hash.digest('hex')), 'latin1'));
-    this.pendingBytes += 67;
+    const end = Buffer.from(endRecord(this.hash.digest('hex'), this.eightBit), 'latin1');
+    this.pending.push(end);
+    this.pendingBytes += end.length;
     try {
       await this.flush();
       const fh = this.fh!;

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MIT
+// delivery: the delivery agents (SMTP, LMTP, local Maildir) in one worker process type. Each connection on
+// the shared private/delivery socket carries one job from qmgr and gets one JobResult back.
+// Must not: move or rewrite queue files (qmgr owns state), write to queue/incoming except through cleanup.
+
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Config } from '../config/index.ts';
+import type { Logger } from '../log/index.ts';
+import type { DeliveryJob, JobResult } from '../core/delivery.ts';
+import { parseDuration } from '../core/duration.ts';
+import { encodeJson, FrameDecoder, submit } from '../ipc/index.ts';
+import { readQueueFile } from '../queue/index.ts';
+import { createTable, readAliases, type AliasEntry } from '../lookup/index.ts';
+import type { Resolver } from '../dns/index.ts';
+import { ConnectionCache, deliverSmtp } from './smtp.ts';
+import { deliverLocal, type LocalDeps } from './local.ts';
+import { stageTimeouts, type OutboundMessage } from './session.ts';
+import { messageChunks } from './message.ts';
+
+export { dotStuff } from './message.ts';
+
+/** What the delivery worker needs. */
+export interface DeliveryDeps {
+  readonly log: Logger;
+  readonly resolver: Resolver;
+  /** cleanup's socket, for alias forwarding. */
+  readonly cleanupPath: string;
+}
+
+/** A running delivery worker. */
+export interface DeliveryWorker {
+  /** Serves jobs arriving on `server` (a listening handle shared by all workers). */
+  attach(server: Server): void;
+  /** Finishes running jobs, then resolves. */
+  drain(): Promise<void>;
+}
+
+/** Creates a delivery worker. */
+export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker {
+  const single = cfg.delivery.timeout === '' ? null : parseDuration(cfg.delivery.timeout)!;
+  const cache = new ConnectionCache({ idleMs: parseDuration(cfg.delivery.connection_cache_time)!, maxUses: cfg.delivery.connection_reuse_limit, perDestination: cfg.delivery.concurrency });
+  const smtpDeps = {
+    resolver: deps.resolver,
+    cache,
+    hostname: cfg.server.hostname,
+    session: { helo: cfg.server.hostname, connectTimeoutMs: parseDuration(cfg.delivery.connect_timeout)!, timeouts: stageTimeouts(single) },
+  };
+  let aliases = new Map<string, AliasEntry>();
+  if (cfg.local.aliases !== '') {
+    try {
+      aliases = new Map(readAliases(cfg.local.aliases).entries.map((e) => [e.name, e]));
+    } catch (e) {
+      deps.log.error({ event: 'aliases-unreadable', err: (e as Error).message });
+    }
+  }
+  const localDeps: LocalDeps = {
+    mailboxDir: cfg.local.mailbox_dir,
+    localDomains: new Set(cfg.local.domains),
+    aliases,
+    recipients: createTable(cfg.local.recipients),
+    hostname: cfg.server.hostname,
+    reinject: async (sender, recipients, msg, prefix) => {
+      const res = await submit(deps.cleanupPath, {
+        sender,
+        recipients: recipients.map((address) => ({ address })),
+        smtputf8: recipients.some((r) => /[^\x00-\x7f]/.test(r)),
+        client: { ip: '127.0.0.1', port: 0, helo: 'localhost', protocol: 'local' },
+      }, (async function* () {
+        yield Buffer.from(prefix);
+        for await (const c of messageChunks(msg.file, msg.offset, msg.length)) yield c as Buffer;
+      })());
+      if (!res.ok) throw Object.assign(new Error(`forwarding refused: ${res.code} ${res.text}`), { code: 'EREINJECT' });
+      return res.qid;
+    },
+  };
+  let running = 0;
+  let idle: (() => void) | null = null;
+
+  async function run(job: DeliveryJob): Promise<JobResult> {
+    let q;
+    try {
+      q = await readQueueFile(job.file);
+    } catch (e) {
+      const reason = `cannot read queue file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+      return { results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: reason, relay: '' })), destinationFailed: false };
+    }
+    const msg: OutboundMessage = { file: job.file, offset: q.messageOffset, length: q.messageLength, eightBit: q.eightBit };
+    if (job.route.kind === 'local') return deliverLocal(job, msg, localDeps);
+    return deliverSmtp(job, msg, smtpDeps);
+  }
+
+  function handle(sock: Socket): void {
+    const dec = new FrameDecoder();
+    sock.on('error', () => {});
+    sock.on('data', (c: Buffer) => {
+      let frames;
+      try {
+        frames = dec.push(c);
+      } catch {
+        sock.destroy();
+        return;
+      }
+      for (const f of frames) {
+        if (f.kind !== 'json') continue;
+        const job = JSON.parse(f.payload.toString('utf8')) as DeliveryJob;
+        running++;
+        void run(job)
+          .catch((e: Error): JobResult => ({
+            results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: `internal error: ${e.message}`, relay: '' })),
+            destinationFailed: false,
+          }))
+          .then((res) => {
+            if (!sock.destroyed) sock.end(encodeJson(res));
+          })
+          .finally(() => {
+            running--;
+            if (running === 0) idle?.();
+          });
+      }
+    });
+  }
+
+  const servers: Server[] = [];
+  return {
+    attach(server: Server): void {
+      servers.push(server);
+      server.on('connection', handle);
+    },
+    drain(): Promise<void> {
+      for (const s of servers) s.close();
+      cache.closeAll();
+      if (running === 0) return Promise.resolve();
+      return new Promise((r) => (idle = r));
+    },
+  };
+}
+
+/** Creates the listening server for private/delivery (used by master to make the shared handle). */
+export function deliveryServer(): Server {
+  return createServer();
+}

@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: MIT
+// Local delivery: alias expansion (aliases(5), :include:, depth limit, cycle detection) and Maildir delivery
+// (tmp → fsync → new → fsync dir) with Return-Path: and Delivered-To:. Alias targets outside the local
+// domains are re-injected through cleanup as a new message. Pipes and files are refused (not enabled).
+
+import { promises as fsp, constants } from 'node:fs';
+import { join } from 'node:path';
+import { hostname as osHostname } from 'node:os';
+import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
+import { parseMailbox, mailboxToString } from '../core/address.ts';
+import type { AliasEntry } from '../lookup/index.ts';
+import type { LookupTable } from '../lookup/index.ts';
+import { messageChunks } from './message.ts';
+import type { OutboundMessage } from './session.ts';
+
+// Alias expansion stops at this depth (loops that are not exact cycles end here).
+export const MAX_ALIAS_DEPTH = 10;
+// A mailbox name must be a plain, safe directory name.
+const MAILBOX_NAME = /^[a-z0-9\u0080-\u{10ffff}][a-z0-9._+=\u0080-\u{10ffff}-]{0,63}$/u;
+
+/** What local delivery needs. */
+export interface LocalDeps {
+  readonly mailboxDir: string;
+  readonly localDomains: ReadonlySet<string>;
+  readonly aliases: ReadonlyMap<string, AliasEntry>;
+  /** Known recipients; empty = every safe local part has a mailbox. */
+  readonly recipients: LookupTable;
+  readonly hostname: string;
+  /** Re-injects a message for non-local alias targets; resolves with the new queue ID. */
+  readonly reinject: (sender: string, recipients: string[], msg: OutboundMessage, prefix: string) => Promise<string>;
+  /** Reads a :include: file (tests may substitute). */
+  readonly readInclude?: (path: string) => Promise<string>;
+}
+
+/** A resolved local target. */
+type Target = { kind: 'mailbox'; user: string; address: string } | { kind: 'remote'; address: string } | { kind: 'refused'; dsn: string; reason: string };
+
+function localPart(address: string): { local: string; domain: string } {
+  const at = address.lastIndexOf('@');
+  const l = address.slice(0, at);
+  return { local: (l.startsWith('"') ? l.slice(1, -1).replace(/\\(.)/g, '$1') : l).toLowerCase(), domain: address.slice(at + 1).toLowerCase() };
+}
+
+/** Expands one address through the aliases into final targets. */
+export async function expand(address: string, deps: LocalDeps, depth = 0, seen: Set<string> = new Set()): Promise<Target[]> {
+  const { local, domain } = localPart(address);
+  if (!deps.localDomains.has(domain)) return [{ kind: 'remote', address }];
+  const alias = deps.aliases.get(local);
+  if (alias !== undefined && !seen.has(local)) {
+    if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion of ${address} deeper than ${MAX_ALIAS_DEPTH}` }];
+    const next = new Set(seen).add(local);
+    const out: Target[] = [];
+    for (const t of alias.targets) out.push(...(await expandTarget(t, domain, deps, depth + 1, next)));
+    return out;
+  }
+  // A name that expands to itself (e.g. "root: root, backup@x") is delivered to the mailbox (aliases(5)).
+  if (deps.recipients.size > 0 && !deps.recipients.has(local) && !deps.recipients.has(`${local}@${domain}`) && local !== 'postmaster' && alias === undefined) {
+    return [{ kind: 'refused', dsn: '5.1.1', reason: `user unknown: ${address}` }];
+  }
+  if (!MAILBOX_NAME.test(local)) return [{ kind: 'refused', dsn: '5.1.3', reason: `unsafe mailbox name "${local}"` }];
+  return [{ kind: 'mailbox', user: local, address }];
+}
+
+async function expandTarget(t: string, domain: string, deps: LocalDeps, depth: number, seen: Set<string>): Promise<Target[]> {
+  if (t.startsWith('|')) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled' }];
+  if (t.startsWith('/')) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to files is disabled' }];
+  if (t.toLowerCase().startsWith(':include:')) {
+    const path = t.slice(9).trim();
+    let text: string;
+    try {
+      text = await (deps.readInclude ?? ((p) => fsp.readFile(p, 'utf8')))(path);
+    } catch (e) {
+      return [{ kind: 'refused', dsn: '4.3.0', reason: `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? ''}` }];
+    }
+    const out: Target[] = [];
+    for (const line of text.split('\n')) {
+      for (const item of line.replace(/#.*/, '').split(',')) {
+        const x = item.trim();
+        if (x !== '') out.push(...(await expandTarget(x, domain, deps, depth, seen)));
+      }
+    }
+    return out;
+  }
+  const addr = t.replace(/^<(.*)>$/, '$1');
+  const m = parseMailbox(addr.includes('@') ? addr : `${addr}@${domain}`, true);
+  if (typeof m === 'string') return [{ kind: 'refused', dsn: '5.1.3', reason: `bad alias target "${t}"` }];
+  return expand(mailboxToString(m), deps, depth, seen);
+}
+
+let counter = 0;
+
+/** Writes one message into <mailboxDir>/<user>/ as a Maildir file; durable when it resolves. */
+export async function deliverMaildir(deps: LocalDeps, user: string, prefix: string, msg: OutboundMessage): Promise<void> {
+  const box = join(deps.mailboxDir, user);
+  for (const d of ['tmp', 'new', 'cur']) await fsp.mkdir(join(box, d), { recursive: true, mode: 0o700 });
+  const name = `${Date.now()}.P${process.pid}Q${++counter}.${osHostname().replace(/[/:]/g, '_')}`;
+  const tmp = join(box, 'tmp', name);
+  const fh = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+  try {
+    await fh.write(prefix);
+    for await (const chunk of messageChunks(msg.file, msg.offset, msg.length)) await fh.write(chunk as Buffer);
+    await fh.sync();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await fsp.rm(tmp, { force: true });
+    throw e;
+  }
+  await fh.close();
+  await fsp.rename(tmp, join(box, 'new', name));
+  const dir = await fsp.open(join(box, 'new'), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
+
+/** Delivers a job locally; one result per recipient. */
+export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps: LocalDeps): Promise<JobResult> {
+  const results: RecipientResult[] = [];
+  for (const r of job.recipients) {
+    const targets = await expand(r.address, deps);
+    const refused = targets.filter((t) => t.kind === 'refused') as Extract<Target, { kind: 'refused' }>[];
+    const temp = refused.find((t) => t.dsn.startsWith('4'));
+    if (temp) {
+      results.push({ index: r.index, status: 'deferred', dsn: temp.dsn, reply: temp.reason, relay: 'local' });
+      continue;
+    }
+    if (refused.length > 0 && refused.length === targets.length) {
+      results.push({ index: r.index, status: 'bounced', dsn: refused[0]!.dsn, reply: refused[0]!.reason, relay: 'local' });
+      continue;
+    }
+    try {
+      const done = new Set<string>();
+      for (const t of targets) {
+        if (t.kind !== 'mailbox' || done.has(t.user)) continue;
+        done.add(t.user);
+        // RFC 5321 §4.4: Return-Path at final delivery; Delivered-To marks the mailbox (loop detection).
+        const prefix = `Return-Path: <${job.sender}>\r\nDelivered-To: ${t.address}\r\n`;
+        await deliverMaildir(deps, t.user, prefix, msg);
+      }
+      const remote = [...new Set(targets.filter((t) => t.kind === 'remote').map((t) => t.address))];
+      let note = '';
+      if (remote.length > 0) {
+        const qid = await deps.reinject(job.sender, remote, msg, `Delivered-To: ${r.address}\r\n`);
+        note = `; forwarded as ${qid}`;
+      }
+      const partial = refused.length > 0 ? `; ${refused.length} alias target(s) refused: ${refused.map((x) => x.reason).join(', ')}` : '';
+      results.push({ index: r.index, status: 'sent', dsn: '2.0.0', reply: `delivered to ${done.size > 0 ? `maildir (${[...done].join(', ')})` : 'aliases'}${note}${partial}`, relay: 'local' });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      results.push({ index: r.index, status: 'deferred', dsn: code === 'ENOSPC' ? '4.3.1' : '4.3.0', reply: `mailbox write failed: ${code}`, relay: 'local' });
+    }
+  }
+  return { results, destinationFailed: false };
+}

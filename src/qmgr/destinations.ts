@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: MIT
+// Destinations: per-next-hop job queues with a concurrency window that starts small, grows on success and
+// shrinks on failure (Postfix-style slow start), and a "dead" state so one failing destination defers its
+// backlog at once instead of tying up deliveries. Jobs of different destinations never wait on each other.
+
+/** A queued unit of work for one destination. */
+export interface QueuedJob {
+  readonly dest: string;
+  run(): Promise<boolean>;
+  /** Called instead of run() when the destination is dead: the job is deferred with `reason`. */
+  fail(reason: string): void;
+}
+
+/** Window limits. */
+export interface WindowLimits {
+  readonly initial: number;
+  readonly max: number;
+  /** Deliveries in flight over all destinations. */
+  readonly global: number;
+  /** How long a destination stays dead after repeated failures. */
+  readonly deadMs: number;
+}
+
+interface Dest {
+  queue: QueuedJob[];
+  active: number;
+  window: number;
+  failures: number;
+  deadUntil: number;
+  deadReason: string;
+}
+
+/** The scheduler of jobs over destinations (round-robin between destinations for fairness). */
+export class Destinations {
+  private readonly dests = new Map<string, Dest>();
+  private readonly limits: WindowLimits;
+  private readonly now: () => number;
+  private active = 0;
+  private rr: string[] = [];
+
+  constructor(limits: WindowLimits, now: () => number = Date.now) {
+    this.limits = limits;
+    this.now = now;
+  }
+
+  private dest(key: string): Dest {
+    let d = this.dests.get(key);
+    if (d === undefined) {
+      d = { queue: [], active: 0, window: this.limits.initial, failures: 0, deadUntil: 0, deadReason: '' };
+      this.dests.set(key, d);
+      this.rr.push(key);
+    }
+    return d;
+  }
+
+  /** Queues a job and starts what the windows allow. */
+  add(job: QueuedJob): void {
+    const d = this.dest(job.dest);
+    if (d.deadUntil > this.now()) {
+      job.fail(d.deadReason);
+      return;
+    }
+    d.queue.push(job);
+    this.pump();
+  }
+
+  /** Jobs in flight over all destinations. */
+  get inFlight(): number {
+    return this.active;
+  }
+
+  /** Jobs waiting over all destinations. */
+  get waiting(): number {
+    let n = 0;
+    for (const d of this.dests.values()) n += d.queue.length;
+    return n;
+  }
+
+  private pump(): void {
+    let progress = true;
+    while (progress && this.active < this.limits.global) {
+      progress = false;
+      // One job per destination per round: a destination with a long queue cannot starve the others.
+      for (const key of this.rr) {
+        if (this.active >= this.limits.global) break;
+        const d = this.dests.get(key)!;
+        if (d.queue.length === 0 || d.active >= d.window) continue;
+        const job = d.queue.shift()!;
+        d.active++;
+        this.active++;
+        progress = true;
+        void job.run().then(
+          (destFailed) => this.done(key, destFailed),
+          () => this.done(key, true),
+        );
+      }
+    }
+    this.gc();
+  }
+
+  private done(key: string, destFailed: boolean): void {
+    const d = this.dest(key);
+    d.active--;
+    this.active--;
+    if (destFailed) {
+      d.failures++;
+      d.window = Math.max(1, Math.floor(d.window / 2));
+      // Repeated failures at the smallest window: the destination is down; defer its backlog now.
+      if (d.window === 1 && d.failures >= 3) {
+        d.deadUntil = this.now() + this.limits.deadMs;
+        d.deadReason = `destination ${key} is not responding; backlog deferred`;
+        const backlog = d.queue;
+        d.queue = [];
+        for (const j of backlog) j.fail(d.deadReason);
+      }
+    } else {
+      d.failures = 0;
+      d.deadUntil = 0;
+      if (d.window < this.limits.max) d.window++;
+    }
+    this.pump();
+  }
+
+  // Forget idle destinations so the map does not grow without bound.
+  private gc(): void {
+    if (this.rr.length < 1000) return;
+    const now = this.now();
+    this.rr = this.rr.filter((k) => {
+      const d = this.dests.get(k)!;
+      const keep = d.queue.length > 0 || d.active > 0 || d.deadUntil > now;
+      if (!keep) this.dests.delete(k);
+      return keep;
+    });
+  }
+}

@@ -1,0 +1,539 @@
+// SPDX-License-Identifier: MIT
+// qmgr: the scheduler. Takes committed messages from incoming/ into a bounded active set, groups recipients
+// by destination into jobs for the delivery agents, records each outcome in the queue file, retries deferred
+// recipients with exponential backoff, enforces the queue lifetime in every state, sends DSNs (failure,
+// delay, success), and obeys hold/release/delete/requeue/flush.
+// Must not: read message bodies into memory or talk to remote hosts itself.
+
+import { connect } from 'node:net';
+import { promises as fsp } from 'node:fs';
+import type { Config } from '../config/index.ts';
+import type { Logger } from '../log/index.ts';
+import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
+import type { Notify } from '../core/envelope.ts';
+import { parseDuration } from '../core/duration.ts';
+import { encodeJson, FrameDecoder, submit } from '../ipc/index.ts';
+import { QueueStore, QUEUE_ID, type MessageState, type QueueEnvelope, type StateRecord } from '../queue/index.ts';
+import { buildDsn, type DsnRecipient } from '../bounce/index.ts';
+import { createRouter } from './route.ts';
+import { Destinations } from './destinations.ts';
+import { classify } from './classify.ts';
+
+/** What qmgr needs from outside. */
+export interface QmgrDeps {
+  readonly log: Logger;
+  readonly store: QueueStore;
+  /** private/delivery: the delivery agents' shared socket. */
+  readonly deliveryPath: string;
+  /** private/cleanup: where DSNs are injected. */
+  readonly cleanupPath: string;
+  readonly now?: () => number;
+}
+
+/** Control commands (from master's control socket). */
+export type QmgrCommand = { cmd: 'hold' | 'release' | 'delete' | 'requeue'; id: string } | { cmd: 'flush' } | { cmd: 'status' };
+
+/** A running queue manager. */
+export interface Qmgr {
+  start(): Promise<void>;
+  /** cleanup committed `qid` to incoming/. */
+  notify(qid: string): void;
+  control(c: QmgrCommand): Promise<{ ok: boolean; error?: string; code?: number; [k: string]: unknown }>;
+  /** Stops scheduling and waits for deliveries in flight (at most `ms`). */
+  stop(ms: number): Promise<void>;
+}
+
+type RcptStatus = 'pending' | 'deferred' | 'sent' | 'bounced';
+
+interface Rcpt {
+  readonly address: string;
+  readonly notify?: readonly Notify[];
+  readonly orcpt?: string;
+  status: RcptStatus;
+  dsn: string;
+  reply: string;
+  relay: string;
+  at: number;
+  /** Outcome of this round still to be reported in a DSN. */
+  report: boolean;
+}
+
+interface Msg {
+  readonly id: string;
+  state: MessageState;
+  readonly env: QueueEnvelope;
+  readonly arrival: number;
+  readonly eightBit: boolean;
+  readonly offset: number;
+  readonly length: number;
+  readonly rcpts: Rcpt[];
+  inFlight: number;
+  attempts: number;
+  warned: boolean;
+  pendingAction: 'hold' | 'delete' | null;
+  /** Outcomes of this round not yet written to the file. */
+  unsaved: StateRecord[];
+}
+
+const DEFAULT_NOTIFY: readonly Notify[] = ['FAILURE', 'DELAY'];
+
+/** Creates the queue manager. */
+export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
+  const log = deps.log;
+  const store = deps.store;
+  const now = deps.now ?? Date.now;
+  const route = createRouter(cfg.transport, new Set(cfg.local.domains));
+  const retryMin = parseDuration(cfg.queue.retry_min)!;
+  const retryMax = parseDuration(cfg.queue.retry_max)!;
+  const lifetime = parseDuration(cfg.queue.lifetime)!;
+  const delayWarning = parseDuration(cfg.queue.delay_warning)!;
+  const scanMs = parseDuration(cfg.queue.scan_interval)!;
+  const overrides = cfg.delivery.reply_overrides.map((o) => ({ re: new RegExp(o.pattern, 'i'), action: o.action }));
+  const dests = new Destinations({ initial: cfg.delivery.initial_concurrency, max: cfg.delivery.concurrency, global: cfg.delivery.max_parallel, deadMs: retryMin }, now);
+  const active = new Map<string, Msg>();
+  /** Deferred messages not in memory: id → next retry (ms). */
+  const deferred = new Map<string, number>();
+  /** Held messages with their arrival, for lifetime enforcement. */
+  let stopping = false;
+  let scanTimer: NodeJS.Timeout | null = null;
+  let scanning = false;
+  let idle: (() => void) | null = null;
+  const loading = new Set<string>();
+
+  function inFlightTotal(): number {
+    let n = 0;
+    for (const m of active.values()) n += m.inFlight;
+    return n;
+  }
+
+  // ---- loading ---------------------------------------------------------------
+
+  async function load(id: string, from: MessageState): Promise<void> {
+    if (stopping || active.has(id) || loading.has(id)) return;
+    if (active.size >= cfg.queue.active_limit) return; // waits on disk; the next scan takes it
+    loading.add(id);
+    try {
+      if (from !== 'active') {
+        try {
+          // No fsync needed: after a crash the file is in one directory or the other, never lost.
+          await fsp.rename(store.path(from, id), store.path('active', id));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+          throw e;
+        }
+      }
+      let q;
+      try {
+        q = await store.read('active', id);
+      } catch (e) {
+        log.error({ event: 'corrupt', qid: id, err: (e as Error).message });
+        await fsp.rename(store.path('active', id), store.path('corrupt', id)).catch(() => {});
+        return;
+      }
+      const last = new Map<number, StateRecord>();
+      let warned = false;
+      let attempts = 0;
+      for (const r of q.records) {
+        if ((r as { warned?: boolean }).warned === true) warned = true;
+        else if (typeof r.rcpt === 'number') {
+          last.set(r.rcpt, r);
+          if (r.state === 'deferred') attempts++;
+        }
+      }
+      const m: Msg = {
+        id,
+        state: 'active',
+        env: q.envelope,
+        arrival: Date.parse(q.envelope.arrival),
+        eightBit: q.eightBit,
+        offset: q.messageOffset,
+        length: q.messageLength,
+        rcpts: q.envelope.recipients.map((r, i) => {
+          const rec = last.get(i);
+          return {
+            address: r.address,
+            ...(r.notify ? { notify: r.notify } : {}),
+            ...(r.orcpt ? { orcpt: r.orcpt } : {}),
+            status: rec?.state ?? 'pending',
+            dsn: rec?.dsn ?? '',
+            reply: rec?.reply ?? '',
+            relay: '',
+            at: rec ? Date.parse(rec.at) : 0,
+            report: false,
+          };
+        }),
+        inFlight: 0,
+        attempts: Math.ceil(attempts / Math.max(1, q.envelope.recipients.length)),
+        warned,
+        pendingAction: null,
+        unsaved: [],
+      };
+      active.set(id, m);
+      deferred.delete(id);
+      schedule(m);
+    } finally {
+      loading.delete(id);
+    }
+  }
+
+  // ---- scheduling --------------------------------------------------------------
+
+  function schedule(m: Msg): void {
+    const todo = m.rcpts.map((r, i) => ({ r, i })).filter(({ r }) => r.status === 'pending' || r.status === 'deferred');
+    if (todo.length === 0) {
+      void finishRound(m);
+      return;
+    }
+    const groups = new Map<string, { d: ReturnType<typeof route>; idx: number[] }>();
+    for (const { r, i } of todo) {
+      const d = route(r.address);
+      const g = groups.get(d.key) ?? { d, idx: [] };
+      g.idx.push(i);
+      groups.set(d.key, g);
+    }
+    for (const { d, idx } of groups.values()) {
+      for (let k = 0; k < idx.length; k += cfg.delivery.max_recipients) {
+        const part = idx.slice(k, k + cfg.delivery.max_recipients);
+        const job: DeliveryJob = {
+          qid: m.id,
+          file: store.path('active', m.id),
+          route: d.route,
+          nexthop: d.key,
+          sender: m.env.sender,
+          recipients: part.map((i) => ({ index: i, address: m.rcpts[i]!.address, ...(m.rcpts[i]!.notify ? { notify: m.rcpts[i]!.notify } : {}), ...(m.rcpts[i]!.orcpt ? { orcpt: m.rcpts[i]!.orcpt } : {}) })),
+          smtputf8: m.env.smtputf8,
+          eightBit: m.eightBit,
+          ...(m.env.ret ? { ret: m.env.ret } : {}),
+          ...(m.env.envid !== undefined ? { envid: m.env.envid } : {}),
+        };
+        m.inFlight++;
+        const started = now();
+        dests.add({
+          dest: d.key,
+          run: async () => {
+            const res = await dispatch(job);
+            await recordResults(m, job, res.results, started);
+            return res.destinationFailed;
+          },
+          fail: (reason) => {
+            void recordResults(m, job, job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.4.1', reply: reason, relay: '' })), started);
+          },
+        });
+      }
+    }
+  }
+
+  // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job.
+  function dispatch(job: DeliveryJob): Promise<JobResult> {
+    return new Promise((resolve) => {
+      const sock = connect(deps.deliveryPath);
+      const dec = new FrameDecoder();
+      let settled = false;
+      const done = (r: JobResult) => {
+        if (settled) return;
+        settled = true;
+        sock.destroy();
+        resolve(r);
+      };
+      const lost = (why: string): JobResult => ({
+        results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${why}`, relay: '' })),
+        destinationFailed: false,
+      });
+      sock.on('connect', () => sock.write(encodeJson(job)));
+      sock.on('data', (c: Buffer) => {
+        try {
+          for (const f of dec.push(c)) if (f.kind === 'json') done(JSON.parse(f.payload.toString('utf8')) as JobResult);
+        } catch {
+          done(lost('bad answer'));
+        }
+      });
+      sock.on('error', (e: NodeJS.ErrnoException) => done(lost(e.code ?? e.message)));
+      sock.on('close', () => done(lost('connection lost')));
+    });
+  }
+
+  async function recordResults(m: Msg, job: DeliveryJob, results: readonly RecipientResult[], started: number): Promise<void> {
+    const t = now();
+    const lines: StateRecord[] = [];
+    for (const res0 of results) {
+      const res = classify(res0, overrides);
+      const r = m.rcpts[res.index];
+      if (r === undefined) continue;
+      r.status = res.status;
+      r.dsn = res.dsn;
+      r.reply = res.reply;
+      r.relay = res.relay;
+      r.at = t;
+      r.report = true;
+      log.info({
+        event: 'delivery', qid: m.id, to: r.address, relay: res.relay || job.nexthop, delay: Math.round((t - m.arrival) / 100) / 10,
+        attempt_s: Math.round((t - started) / 100) / 10, dsn: res.dsn, status: res.status, reply: res.reply,
+      });
+      lines.push({ rcpt: res.index, state: res.status, dsn: res.dsn, reply: res.reply, at: new Date(t).toISOString() });
+    }
+    m.inFlight--;
+    // State records are only needed while the file lives on: a message finished in this round is removed.
+    const finished = m.inFlight === 0 && m.rcpts.every((r) => r.status === 'sent' || r.status === 'bounced');
+    m.unsaved.push(...lines);
+    if (m.inFlight > 0) return;
+    if (!finished || m.rcpts.some((r) => r.status === 'bounced' || (r.status === 'sent' && wants(r, 'SUCCESS')))) {
+      await appendRecords(m, m.unsaved);
+    }
+    m.unsaved = [];
+    await finishRound(m);
+  }
+
+  async function appendRecords(m: Msg, recs: readonly StateRecord[]): Promise<void> {
+    if (recs.length === 0) return;
+    const fh = await fsp.open(store.path(m.state, m.id), 'a');
+    try {
+      await fh.write(recs.map((r) => `R ${JSON.stringify(r)}\n`).join(''));
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  function wants(r: Rcpt, what: Notify): boolean {
+    return (r.notify ?? DEFAULT_NOTIFY).includes(what);
+  }
+
+  // After every job of a round has answered: DSNs, then remove, hold or defer the message.
+  async function finishRound(m: Msg): Promise<void> {
+    try {
+      if (m.pendingAction === 'delete') {
+        await fsp.rm(store.path(m.state, m.id), { force: true });
+        active.delete(m.id);
+        log.info({ event: 'deleted', qid: m.id });
+        return;
+      }
+      const t = now();
+      const expired = t - m.arrival >= lifetime;
+      if (expired) {
+        const recs: StateRecord[] = [];
+        for (const [i, r] of m.rcpts.entries()) {
+          if (r.status === 'deferred' || r.status === 'pending') {
+            const last = r.reply ? ` (last reply: ${r.reply})` : '';
+            r.status = 'bounced';
+            r.dsn = '5.4.7';
+            r.reply = `message expired after ${cfg.queue.lifetime} in the queue${last}`;
+            r.at = t;
+            r.report = true;
+            recs.push({ rcpt: i, state: 'bounced', dsn: r.dsn, reply: r.reply, at: new Date(t).toISOString() });
+            log.info({ event: 'delivery', qid: m.id, to: r.address, relay: 'none', delay: Math.round((t - m.arrival) / 100) / 10, dsn: r.dsn, status: 'bounced', reply: r.reply });
+          }
+        }
+        await appendRecords(m, recs);
+      }
+      if (!(await sendDsns(m, t))) {
+        // The DSN could not be injected (cleanup down): keep the message and try again later.
+        await toDeferred(m, t + retryMin);
+        return;
+      }
+      if (m.rcpts.every((r) => r.status === 'sent' || r.status === 'bounced')) {
+        await fsp.rm(store.path(m.state, m.id), { force: true });
+        active.delete(m.id);
+        log.info({ event: 'removed', qid: m.id, sent: m.rcpts.filter((r) => r.status === 'sent').length, bounced: m.rcpts.filter((r) => r.status === 'bounced').length });
+        return;
+      }
+      if (m.pendingAction === 'hold') {
+        await moveTo(m, 'hold');
+        active.delete(m.id);
+        log.info({ event: 'held', qid: m.id });
+        return;
+      }
+      m.attempts++;
+      const delay = Math.min(retryMax, retryMin * 2 ** Math.min(30, m.attempts - 1));
+      await toDeferred(m, t + delay);
+    } catch (e) {
+      log.error({ event: 'qmgr-error', qid: m.id, err: (e as Error).message });
+      active.delete(m.id);
+      deferred.set(m.id, now() + retryMin);
+    } finally {
+      if (active.size === 0 && inFlightTotal() === 0) idle?.();
+    }
+  }
+
+  async function toDeferred(m: Msg, next: number): Promise<void> {
+    const iso = new Date(next).toISOString();
+    const recs: StateRecord[] = [];
+    for (const [i, r] of m.rcpts.entries()) {
+      if (r.status === 'deferred' && r.report) recs.push({ rcpt: i, state: 'deferred', dsn: r.dsn, reply: r.reply, at: new Date(r.at).toISOString(), next: iso });
+      r.report = false;
+    }
+    // The next-retry time lives in the file, so it survives restarts.
+    await appendRecords(m, recs);
+    await moveTo(m, 'deferred');
+    active.delete(m.id);
+    deferred.set(m.id, next);
+  }
+
+  async function moveTo(m: Msg, to: MessageState): Promise<void> {
+    if (m.state === to) return;
+    await store.move(m.id, m.state, to);
+    m.state = to;
+  }
+
+  // Sends the DSNs this round calls for; false when injection failed (retry later).
+  async function sendDsns(m: Msg, t: number): Promise<boolean> {
+    const failed = m.rcpts.filter((r) => r.report && r.status === 'bounced' && wants(r, 'FAILURE'));
+    const success = m.rcpts.filter((r) => r.report && r.status === 'sent' && wants(r, 'SUCCESS'));
+    const age = t - m.arrival;
+    const delayed = !m.warned && delayWarning > 0 && age >= delayWarning
+      ? m.rcpts.filter((r) => r.status === 'deferred' && wants(r, 'DELAY'))
+      : [];
+    const toDsn = (r: Rcpt, action: DsnRecipient['action']): DsnRecipient => ({
+      address: r.address,
+      ...(r.orcpt ? { orcpt: r.orcpt } : {}),
+      action,
+      status: r.dsn || (action === 'delivered' ? '2.0.0' : action === 'delayed' ? '4.0.0' : '5.0.0'),
+      diagnostic: r.reply,
+      remoteMta: r.relay === 'local' ? '' : r.relay,
+      lastAttempt: new Date(r.at || t),
+      ...(action === 'delayed' ? { willRetryUntil: new Date(m.arrival + lifetime) } : {}),
+    });
+    for (const [list, action] of [[failed, 'failed'], [success, 'delivered'], [delayed, 'delayed']] as const) {
+      if (list.length === 0) continue;
+      if (m.env.sender === '') {
+        // Never a bounce for a bounce: a failed DSN is kept for the postmaster in hold/.
+        if (action === 'failed') {
+          log.warn({ event: 'double-bounce', qid: m.id, note: 'undeliverable message from <>; kept in hold for the postmaster' });
+          m.pendingAction = 'hold';
+          for (const r of failed) r.status = 'deferred';
+        }
+        continue;
+      }
+      const dsn = buildDsn({
+        hostname: cfg.server.hostname, qid: m.id, sender: m.env.sender, ...(m.env.envid !== undefined ? { envid: m.env.envid } : {}),
+        ...(m.env.ret ? { ret: m.env.ret } : {}), arrival: new Date(m.arrival), recipients: list.map((r) => toDsn(r, action)),
+        file: store.path(m.state, m.id), offset: m.offset, length: m.length, eightBit: m.eightBit,
+      })!;
+      const res = await submit(deps.cleanupPath, dsn.envelope, dsn.parts);
+      if (!res.ok) {
+        log.error({ event: 'dsn-failed', qid: m.id, action, err: `${res.code} ${res.text}` });
+        return false;
+      }
+      log.info({ event: 'dsn', qid: m.id, dsn_qid: res.qid, action, to: m.env.sender, recipients: list.length });
+      if (action === 'delayed') {
+        m.warned = true;
+        await appendRecords(m, [{ warned: true, at: new Date(t).toISOString() } as unknown as StateRecord]);
+      }
+    }
+    for (const r of m.rcpts) if (r.status !== 'deferred') r.report = false;
+    return true;
+  }
+
+  // ---- scans -------------------------------------------------------------------
+
+  async function scan(): Promise<void> {
+    if (scanning || stopping) return;
+    scanning = true;
+    try {
+      for (const id of await readIds('incoming')) await load(id, 'incoming');
+      const t = now();
+      for (const [id, next] of deferred) if (next <= t) await load(id, 'deferred');
+      await expireHeld(t);
+    } catch (e) {
+      log.error({ event: 'scan-error', err: (e as Error).message });
+    } finally {
+      scanning = false;
+    }
+  }
+
+  async function readIds(state: MessageState): Promise<string[]> {
+    try {
+      return (await fsp.readdir(store.path(state))).filter((n) => QUEUE_ID.test(n)).sort();
+    } catch {
+      return [];
+    }
+  }
+
+  // Held messages obey the lifetime too: past it they are released so they bounce.
+  async function expireHeld(t: number): Promise<void> {
+    for (const id of await readIds('hold')) {
+      try {
+        const q = await store.read('hold', id);
+        if (q.envelope.sender !== '' && t - Date.parse(q.envelope.arrival) >= lifetime) await load(id, 'hold');
+      } catch {
+        /* raced with release/delete */
+      }
+    }
+  }
+
+  // ---- control -------------------------------------------------------------------
+
+  async function control(c: QmgrCommand): Promise<{ ok: boolean; error?: string; code?: number; [k: string]: unknown }> {
+    if (c.cmd === 'status') return { ok: true, active: active.size, deferred: deferred.size, in_flight: dests.inFlight, waiting: dests.waiting };
+    if (c.cmd === 'flush') {
+      for (const id of deferred.keys()) deferred.set(id, 0);
+      void scan();
+      return { ok: true, flushed: deferred.size };
+    }
+    const id = c.id;
+    const where = await store.locate(id);
+    if (where === null) return { ok: false, code: 1, error: `no message ${id} in the queue` };
+    const m = active.get(id);
+    switch (c.cmd) {
+      case 'hold':
+        if (where === 'hold') return { ok: true };
+        if (m) {
+          m.pendingAction = 'hold';
+          return { ok: true, note: 'held after the deliveries in flight' };
+        }
+        deferred.delete(id);
+        await store.move(id, where, 'hold');
+        log.info({ event: 'held', qid: id });
+        return { ok: true };
+      case 'release':
+        if (where !== 'hold') return { ok: false, code: 1, error: `message ${id} is not on hold` };
+        await load(id, 'hold');
+        log.info({ event: 'released', qid: id });
+        return { ok: true };
+      case 'delete':
+        if (m) {
+          m.pendingAction = 'delete';
+          if (m.inFlight === 0) await finishRound(m);
+          return { ok: true };
+        }
+        deferred.delete(id);
+        await fsp.rm(store.path(where, id), { force: true });
+        log.info({ event: 'deleted', qid: id });
+        return { ok: true };
+      case 'requeue':
+        if (where === 'deferred') await load(id, 'deferred');
+        return { ok: true };
+    }
+  }
+
+  return {
+    async start() {
+      // Messages left active by a crash go first: their records say what is still to do.
+      for (const id of await readIds('active')) await load(id, 'active');
+      for (const id of await readIds('deferred')) {
+        try {
+          const q = await store.read('deferred', id);
+          let next = 0;
+          for (const r of q.records) if (r.state === 'deferred' && r.next) next = Math.max(next, Date.parse(r.next));
+          deferred.set(id, next);
+        } catch {
+          deferred.set(id, 0);
+        }
+      }
+      await scan();
+      scanTimer = setInterval(() => void scan(), Math.max(100, Math.min(scanMs, 60_000)));
+    },
+    notify(qid: string) {
+      if (QUEUE_ID.test(qid)) void load(qid, 'incoming').catch((e: Error) => log.error({ event: 'load-error', qid, err: e.message }));
+    },
+    control,
+    async stop(ms: number) {
+      stopping = true;
+      if (scanTimer) clearInterval(scanTimer);
+      if (inFlightTotal() === 0) return;
+      await new Promise<void>((r) => {
+        idle = r;
+        setTimeout(r, ms).unref();
+      });
+    },
+  };
+}
