@@ -68,6 +68,14 @@ describe('parseConfig', () => {
     assert.equal(c.queue.dir, `${CWD}/q`);
   });
 
+  test('resolves relative file paths against the working directory', () => {
+    const c = load('[server]\ndata_dir = "/data"\n[local]\nrecipients = "file:etc/users"\naliases = "file:etc/aliases"\nmailbox_dir = "boxes"\n');
+    assert.equal(c.local.recipients, `file:${CWD}/etc/users`);
+    assert.equal(c.local.aliases, `file:${CWD}/etc/aliases`);
+    assert.equal(c.local.mailbox_dir, '/data/boxes');
+    assert.equal(c.queue.dir, '/data/spool');
+  });
+
   test('defaults local domains to localhost and the configured hostname', () => {
     assert.deepEqual(load('[server]\nhostname = "MX.Example.com"\n').local.domains, ['localhost', 'mx.example.com']);
   });

@@ -52,6 +52,8 @@ export class DataReader {
           this.atLineStart = true;
           continue;
         }
+        // A bare CR: flag it and pass it on after all (already counted), so the output does not depend on chunking.
+        out.push(CR);
         this.bareLineEnd = true;
       }
       const lf = buf.indexOf(0x0a, pos);
@@ -107,6 +109,7 @@ export class DataReader {
 }
 
 const CRLF = Buffer.from('\r\n');
+const CR = Buffer.from('\r');
 
 /** Checks raw BDAT content (no dot-stuffing) for bare CR, bare LF and NUL across chunk boundaries. */
 export class LineEndChecker {
