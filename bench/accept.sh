@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# accept.sh — accept-only throughput, Palisade vs Postfix in the same run, alternating cell by cell.
+#
+#   postfix-hold     Postfix 3.7 (shared/bench-ref/postfix.sh, HOLD=1): every message fsynced into its hold queue
+#   palisade-accept  Palisade: every message fsynced into incoming/ (nothing delivers it)
+#
+# Load: Postfix's smtp-source, one message per connection, through shared/bench-ref/lib.sh run_one with E2E=0
+# (injection rate, CPU of the MTA's whole process tree per message, peak PSS). Both MTAs start each cell with
+# an empty queue: Postfix's hold queue is purged, Palisade is stopped, its data dir removed, and started again.
+#
+# Usage: bench/accept.sh            (from anywhere; results under bench/results/accept-<UTC time>/)
+# Env:   BENCH_REF=DIR              reference harness (default: ../shared/bench-ref from the repo root)
+#        CONCS="1 10 50" SIZES="4096 102400" REPEAT=3
+#        COUNT_<conc>_<size>=N      messages per cell (defaults below), e.g. COUNT_50_4096=3000
+#        WARMUP=300                 1 KB messages sent to each MTA right after the clean, before each cell
+#                                   (JIT and process pools warm; they stay queued in both, equally); 0 = none
+#        PF_PORT=2725 PAL_PORT=2726 SINK=2727 (loopback ports; must be free)
+#        BENCH_RESULTS=DIR  BENCH_TMP=DIR
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_REF="${BENCH_REF:-$REPO/../shared/bench-ref}"
+[ -f "$BENCH_REF/lib.sh" ] || { echo "accept.sh: $BENCH_REF/lib.sh not found (set BENCH_REF)" >&2; exit 2; }
+BENCH_REF="$(cd "$BENCH_REF" && pwd)"
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+export BENCH_RESULTS="${BENCH_RESULTS:-$REPO/bench/results/accept-$STAMP}"
+export BENCH_TMP="${BENCH_TMP:-/tmp/palisade-bench-accept.$$}"
+# lib.sh's smtp-sink is only there because run_one reads a sink PID; with E2E=0 nothing is sent to it.
+. "$BENCH_REF/lib.sh"
+
+PF_PORT="${PF_PORT:-2725}"; PAL_PORT="${PAL_PORT:-2726}"; SINK="${SINK:-2727}"
+CONCS="${CONCS:-1 10 50}"; SIZES="${SIZES:-4096 102400}"; REPEAT="${REPEAT:-3}"; WARMUP="${WARMUP:-300}"
+PFDIR="${PFDIR:-$BENCH_TMP/postfix}"
+PALDIR="$BENCH_TMP/palisade"
+PF="postfix -c $PFDIR/etc"
+PAL_PID=""
+PF_STARTED=0
+
+log() { printf '[accept %s] %s\n' "$(date -u +%T)" "$*"; }
+die() { log "error: $*"; exit 1; }
+
+default_count() {   # conc size -> messages per cell (bounded so a full run takes a few minutes)
+  case "$2:$1" in
+    4096:1) echo 1000;; 4096:*) echo 2000;;
+    *:1) echo 300;; *) echo 1000;;
+  esac
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+# ---- Palisade ------------------------------------------------------------------
+pal_config() {
+  mkdir -p "$PALDIR"
+  cat > "$PALDIR/palisade.toml" <<EOF
+[server]
+user = ""
+hostname = "mta-bench.localdomain"
+data_dir = "$PALDIR/var"
+drain_timeout = "5s"
+
+[smtp]
+listen = ["127.0.0.1:$PAL_PORT"]
+max_sessions = 500
+max_sessions_per_ip = 0
+
+[log]
+level = "warn"
+EOF
+}
+pal_start() {
+  "$REPO/bin/palisade" check-config --config "$PALDIR/palisade.toml" >/dev/null || die "palisade check-config failed"
+  "$REPO/bin/palisade" start --config "$PALDIR/palisade.toml" >> "$PALDIR/palisade.log" 2>&1 &
+  PAL_PID=$!
+  wait_port "$PAL_PORT" || { tail -20 "$PALDIR/palisade.log"; die "palisade did not listen on $PAL_PORT"; }
+  kill -0 "$PAL_PID" 2>/dev/null || { tail -20 "$PALDIR/palisade.log"; die "palisade exited"; }
+}
+pal_stop() {
+  [ -n "$PAL_PID" ] || return 0
+  kill -TERM "$PAL_PID" 2>/dev/null
+  for _ in $(seq 300); do kill -0 "$PAL_PID" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$PAL_PID" 2>/dev/null; then
+    log "palisade $PAL_PID did not stop in 30 s; killing it and its children"
+    for p in $(descendants "$PAL_PID"); do kill -KILL "$p" 2>/dev/null; done
+  fi
+  wait "$PAL_PID" 2>/dev/null
+  PAL_PID=""
+}
+pal_clean_start() { pal_stop; rm -rf "$PALDIR/var"; pal_start; }
+pal_queued() { find "$PALDIR/var/spool/incoming" "$PALDIR/var/spool/active" "$PALDIR/var/spool/deferred" -type f 2>/dev/null | wc -l; }
+
+# ---- Postfix (the reference instance, accept and hold) -----------------------------
+pf_master() { head -1 "$PFDIR/spool/pid/master.pid" 2>/dev/null | tr -d ' '; }
+pf_start() {
+  PORT="$PF_PORT" SINK="$SINK" PFDIR="$PFDIR" HOLD=1 "$BENCH_REF/postfix.sh" setup || die "postfix setup failed"
+  PORT="$PF_PORT" SINK="$SINK" PFDIR="$PFDIR" HOLD=1 "$BENCH_REF/postfix.sh" start || die "postfix start failed"
+  PF_STARTED=1
+  wait_port "$PF_PORT" || die "postfix did not listen on $PF_PORT"
+}
+pf_purge() { postsuper -c "$PFDIR/etc" -d ALL hold >/dev/null 2>&1 || true; }
+pf_held() { find "$PFDIR/spool/hold" -type f 2>/dev/null | wc -l; }
+
+cleanup() {
+  pal_stop
+  [ "$PF_STARTED" = 1 ] && $PF stop >/dev/null 2>&1
+  sink_stop "$SINK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+warm() {   # port -> WARMUP small messages, not measured
+  [ "$WARMUP" -gt 0 ] || return 0
+  "$SMTP_SOURCE" -s 10 -l 1024 -m "$WARMUP" -f "$FROM" -t "$RCPT" -M bench.example.com "127.0.0.1:$1" >/dev/null 2>&1 \
+    || log "warm-up against port $1 failed"
+}
+
+# ---- main ----------------------------------------------------------------------------
+for p in "$PF_PORT" "$PAL_PORT" "$SINK"; do port_free "$p" || die "port $p is in use (set PF_PORT/PAL_PORT/SINK)"; done
+[ -x "$SMTP_SOURCE" ] || die "smtp-source not found (Debian package postfix)"
+command -v /usr/bin/time >/dev/null || die "/usr/bin/time not found (Debian package time)"
+mkdir -p "$BENCH_RESULTS" "$PALDIR"
+log "results in $BENCH_RESULTS; reference harness $BENCH_REF"
+log "machine: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); palisade $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')"
+
+sink_start "$SINK" || die "smtp-sink did not start"
+pf_start
+pal_config
+pal_start
+
+for rep in $(seq "$REPEAT"); do
+  for size in $SIZES; do for conc in $CONCS; do
+    v="COUNT_${conc}_${size}"; count="${!v:-$(default_count "$conc" "$size")}"
+    # Alternate which MTA goes first so neither always runs on a machine the other just heated.
+    if [ $((rep % 2)) = 1 ]; then order="postfix palisade"; else order="palisade postfix"; fi
+    for mta in $order; do
+      if [ "$mta" = postfix ]; then
+        pf_purge; warm "$PF_PORT"; sleep 1
+        log "round $rep: postfix-hold c=$conc size=$size count=$count (held before: $(pf_held))"
+        run_one postfix-hold "$PF_PORT" "$SINK" "$conc" "$size" "$count" "$(pf_master)" 0
+      else
+        pal_clean_start; warm "$PAL_PORT"; sleep 1
+        log "round $rep: palisade-accept c=$conc size=$size count=$count (queued before: $(pal_queued))"
+        run_one palisade-accept "$PAL_PORT" "$SINK" "$conc" "$size" "$count" "$PAL_PID" 0
+        log "  palisade queued after: $(pal_queued)"
+      fi
+    done
+  done; done
+done
+pf_purge
+
+# ---- summary: best of REPEAT per cell, Palisade / Postfix -------------------------
+SUMMARY="$BENCH_RESULTS/summary.md"
+awk -F'\t' '
+  FNR == 1 { next }
+  { k = $2 FS $3; n[$1 FS k]++; cells[k] = 1
+    r = $6 + 0; c = ($10 == "NA" ? -1 : 1000 * $10 / $4)
+    if (!(($1 FS k) in best) || r > best[$1 FS k]) best[$1 FS k] = r
+    if (c >= 0 && (!(($1 FS k) in cpu) || c < cpu[$1 FS k])) cpu[$1 FS k] = c
+    if ($14 != 0) bad[$1 FS k]++ }
+  END {
+    print "| size | sessions | Postfix hold msgs/s | Palisade msgs/s | ratio msgs/s | Postfix CPU ms/msg | Palisade CPU ms/msg | ratio CPU/msg | runs |"
+    print "|---|---|---|---|---|---|---|---|---|"
+    m = 0; for (k in cells) keys[++m] = k
+    for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) {
+      split(keys[i], a, FS); split(keys[j], b, FS)
+      if (a[2] + 0 > b[2] + 0 || (a[2] == b[2] && a[1] + 0 > b[1] + 0)) { t = keys[i]; keys[i] = keys[j]; keys[j] = t }
+    }
+    for (i = 1; i <= m; i++) {
+      k = keys[i]; split(k, a, FS); P = "palisade-accept" FS k; F = "postfix-hold" FS k
+      printf "| %s KB | %s | %.0f | %.0f | %s | %.2f | %.2f | %s | %d+%d%s |\n", a[2] / 1024, a[1], best[F], best[P],
+        (best[F] > 0 ? sprintf("%.2f", best[P] / best[F]) : "NA"), cpu[F], cpu[P],
+        (cpu[F] > 0 ? sprintf("%.2f", cpu[P] / cpu[F]) : "NA"), n[F], n[P],
+        ((bad[F] + bad[P]) > 0 ? " (smtp-source errors!)" : "")
+    }
+  }' "$BENCH_RESULTS/postfix-hold.tsv" "$BENCH_RESULTS/palisade-accept.tsv" > "$SUMMARY"
+echo
+log "best of $REPEAT per cell; ratio = Palisade / Postfix (msgs/s: higher is better for Palisade; CPU/msg: lower is)"
+cat "$SUMMARY"
