@@ -2,7 +2,8 @@
 # accept.sh — accept-only throughput, Palisade vs Postfix in the same run, alternating cell by cell.
 #
 #   postfix-hold     Postfix 3.7 (shared/bench-ref/postfix.sh, HOLD=1): every message fsynced into its hold queue
-#   palisade-accept  Palisade: every message fsynced into incoming/ (nothing delivers it)
+#   palisade-accept  Palisade: every message fsynced into incoming/; its queue manager is paused (SIGSTOP) while
+#                    a cell runs, so nothing moves or delivers the messages (Palisade has no accept-and-hold knob)
 #
 # Load: Postfix's smtp-source, one message per connection, through shared/bench-ref/lib.sh run_one with E2E=0
 # (injection rate, CPU of the MTA's whole process tree per message, peak PSS). Both MTAs start each cell with
@@ -15,7 +16,8 @@
 #        WARMUP=300                 1 KB messages sent to each MTA right after the clean, before each cell
 #                                   (JIT and process pools warm; they stay queued in both, equally); 0 = none
 #        PF_PORT=2725 PAL_PORT=2726 SINK=2727 (loopback ports; must be free)
-#        BENCH_RESULTS=DIR  BENCH_TMP=DIR
+#        QMGR_PAUSE=1               0 = let Palisade's queue manager run (it relays everything to the sink)
+#        BENCH_RESULTS=DIR  BENCH_TMP=DIR (removed at exit unless KEEP_TMP=1)
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,10 +33,12 @@ export BENCH_TMP="${BENCH_TMP:-/tmp/palisade-bench-accept.$$}"
 
 PF_PORT="${PF_PORT:-2725}"; PAL_PORT="${PAL_PORT:-2726}"; SINK="${SINK:-2727}"
 CONCS="${CONCS:-1 10 50}"; SIZES="${SIZES:-4096 102400}"; REPEAT="${REPEAT:-3}"; WARMUP="${WARMUP:-300}"
+QMGR_PAUSE="${QMGR_PAUSE:-1}"
 PFDIR="${PFDIR:-$BENCH_TMP/postfix}"
 PALDIR="$BENCH_TMP/palisade"
 PF="postfix -c $PFDIR/etc"
 PAL_PID=""
+QMGR_PID=""
 PF_STARTED=0
 
 log() { printf '[accept %s] %s\n' "$(date -u +%T)" "$*"; }
@@ -67,17 +71,40 @@ max_sessions_per_ip = 0
 
 [log]
 level = "warn"
+
+# Nothing leaves loopback: should the queue manager run (QMGR_PAUSE=0, or while stopping), it relays to the sink.
+[transport]
+"*" = "smtp:[127.0.0.1]:$SINK"
 EOF
 }
+# qmgr_pid -> PID of Palisade's queue manager child ("main.ts child qmgr"), empty when there is none.
+qmgr_pid() {
+  local p
+  for p in $(descendants "$PAL_PID"); do
+    [ "$p" = "$PAL_PID" ] && continue
+    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q ' child qmgr' && { echo "$p"; return 0; }
+  done
+}
+# Accept only: freeze the queue manager so committed messages stay in incoming/, as Postfix's HOLD keeps them
+# out of its active queue. Frozen, it uses no CPU; master buffers the commit notices meant for it.
+qmgr_pause() {
+  [ "$QMGR_PAUSE" = 1 ] || return 0
+  for _ in $(seq 20); do QMGR_PID=$(qmgr_pid); [ -n "$QMGR_PID" ] && break; sleep 0.1; done
+  if [ -z "$QMGR_PID" ]; then log "no queue manager process found; nothing to pause"; return 0; fi
+  kill -STOP "$QMGR_PID"
+}
+qmgr_resume() { [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID" 2>/dev/null; QMGR_PID=""; }
 pal_start() {
   "$REPO/bin/palisade" check-config --config "$PALDIR/palisade.toml" >/dev/null || die "palisade check-config failed"
   "$REPO/bin/palisade" start --config "$PALDIR/palisade.toml" >> "$PALDIR/palisade.log" 2>&1 &
   PAL_PID=$!
   wait_port "$PAL_PORT" || { tail -20 "$PALDIR/palisade.log"; die "palisade did not listen on $PAL_PORT"; }
   kill -0 "$PAL_PID" 2>/dev/null || { tail -20 "$PALDIR/palisade.log"; die "palisade exited"; }
+  qmgr_pause
 }
 pal_stop() {
   [ -n "$PAL_PID" ] || return 0
+  qmgr_resume
   kill -TERM "$PAL_PID" 2>/dev/null
   for _ in $(seq 300); do kill -0 "$PAL_PID" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$PAL_PID" 2>/dev/null; then
@@ -105,6 +132,7 @@ cleanup() {
   pal_stop
   [ "$PF_STARTED" = 1 ] && $PF stop >/dev/null 2>&1
   sink_stop "$SINK"
+  [ "${KEEP_TMP:-0}" = 1 ] || rm -rf "$BENCH_TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
