@@ -117,13 +117,21 @@ export class Connection {
     this.busy = true;
     try {
       while (this.mode !== 'closed') {
+        // A feed that waited for cleanup to drain may return with more input buffered meanwhile: no new
+        // 'data' event will come for it, so go round again instead of stopping.
         if (this.mode === 'data') {
-          if (!(await this.feedData())) break;
+          if (!(await this.feedData())) {
+            if (this.buf.length > 0) continue;
+            break;
+          }
           await this.finishData();
           continue;
         }
         if (this.mode === 'bdat') {
-          if (!(await this.feedBdat())) break;
+          if (!(await this.feedBdat())) {
+            if (this.buf.length > 0) continue;
+            break;
+          }
           await this.finishBdatChunk();
           continue;
         }
@@ -191,8 +199,11 @@ export class Connection {
     const l = this.deps.limits;
     switch (verb) {
       case 'EHLO':
-      case 'HELO':
-        return this.answer(hello(s, l, verb, args));
+      case 'HELO': {
+        const r = hello(s, l, verb, args);
+        if (r.code === 250) this.discardBody();
+        return this.answer(r);
+      }
       case 'MAIL':
         return this.answer(mail(s, l, args));
       case 'RCPT':
@@ -204,7 +215,7 @@ export class Connection {
       case 'RSET':
         if (args.trim() !== '') return this.answer(R.noParams);
         resetTransaction(s);
-        this.bdatFailed = null;
+        this.discardBody();
         return this.answer(R.resetOk);
       case 'NOOP':
         return this.answer(R.noop);
@@ -228,6 +239,15 @@ export class Connection {
       default:
         return this.answer(R.unknownCommand);
     }
+  }
+
+  // RSET, EHLO and HELO end the transaction (RFC 5321 §4.1.1.5): BDAT chunks already taken go with it, so a
+  // later transaction can never inherit their bytes or their envelope.
+  private discardBody(): void {
+    if (this.tx !== null) this.tx.abort();
+    this.tx = null;
+    this.checker = null;
+    this.bdatFailed = null;
   }
 
   private startData(args: string): void {
