@@ -2,7 +2,7 @@
 // startPalisade: runs the real `palisade start` on free loopback ports in a fresh directory, waits for the
 // ready line, and stops it (and every process it started) afterwards.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -29,17 +29,35 @@ export interface Running {
   cli(args: string[], input?: string | Buffer): Promise<{ code: number | null; stdout: string; stderr: string }>;
   /** SIGTERM and wait; resolves with the exit code. */
   stop(): Promise<number | null>;
+  /** Resolves with master's exit code once it has exited (by whatever means). */
+  exited(): Promise<number | null>;
+}
+
+/** Options of startPalisade; `listen` replaces the default smtp listener ["127.0.0.1:0"]. */
+export interface StartOptions {
+  toml?: string;
+  smtp?: string;
+  server?: string;
+  dir?: string;
+  listen?: readonly string[];
+}
+
+/** The config text startPalisade writes for `dir` (also used by tests that start Palisade by hand). */
+export function configText(dir: string, opts: StartOptions = {}): string {
+  const listen = (opts.listen ?? ['127.0.0.1:0']).map((l) => JSON.stringify(l)).join(', ');
+  return `[server]\nuser = ""\nhostname = "mx.test"\ndata_dir = "${dir}/var"\ndrain_timeout = "2s"\n${opts.server ?? ''}\n` +
+    `[smtp]\nlisten = [${listen}]\nworkers = 2\n${opts.smtp ?? ''}\n[log]\nlevel = "info"\n${opts.toml ?? ''}\n`;
 }
 
 /**
  * Starts Palisade with `toml` appended to a base config (user = "", port 0, data_dir in a temp dir).
  * Sections in `toml` must not repeat [server] or [smtp] keys of the base: pass them through `server` / `smtp`.
+ * With `dir`, the directory is the caller's and is kept after stop().
  */
-export async function startPalisade(opts: { toml?: string; smtp?: string; server?: string; dir?: string } = {}): Promise<Running> {
+export async function startPalisade(opts: StartOptions = {}): Promise<Running> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'palisade-test-'));
   const config = join(dir, 'palisade.toml');
-  writeFileSync(config, `[server]\nuser = ""\nhostname = "mx.test"\ndata_dir = "${dir}/var"\ndrain_timeout = "2s"\n${opts.server ?? ''}\n` +
-    `[smtp]\nlisten = ["127.0.0.1:0"]\nworkers = 2\n${opts.smtp ?? ''}\n[log]\nlevel = "info"\n${opts.toml ?? ''}\n`);
+  writeFileSync(config, configText(dir, opts));
   const proc = spawn(process.execPath, ['--disable-warning=ExperimentalWarning', MAIN, 'start', '--config', config], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -83,7 +101,18 @@ export async function startPalisade(opts: { toml?: string; smtp?: string; server
     });
   }
 
-  const ready = await waitLog((l) => l.event === 'ready');
+  let ready: Record<string, unknown>;
+  try {
+    ready = await waitLog((l) => l.event === 'ready');
+  } catch (e) {
+    // Never leave a half-started Palisade behind.
+    try {
+      process.kill(-proc.pid!, 'SIGKILL');
+    } catch { /* gone */ }
+    await exited;
+    if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
   const listeners = ready.listeners as Record<string, string[]>;
   const port = Number(listeners.smtp![0]!.split(':').pop());
   return {
@@ -94,9 +123,11 @@ export async function startPalisade(opts: { toml?: string; smtp?: string; server
     port,
     spool: join(dir, 'var/spool'),
     logs: () => lines,
+    exited: () => exited,
     waitLog,
     cli: (args, input) => runCli(args, config, dir, input),
     async stop() {
+      let code: number | null;
       if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGTERM');
         const timer = setTimeout(() => {
@@ -104,12 +135,13 @@ export async function startPalisade(opts: { toml?: string; smtp?: string; server
             process.kill(-proc.pid!, 'SIGKILL');
           } catch { /* gone */ }
         }, 15_000);
-        const code = await exited;
+        code = await exited;
         clearTimeout(timer);
-        if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
-        return code;
+      } else {
+        code = proc.exitCode;
       }
-      return proc.exitCode;
+      if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
+      return code;
     },
   };
 }
@@ -126,5 +158,59 @@ export function runCli(args: string[], config: string | null, cwd: string, input
     p.on('exit', (code) => resolve({ code, stdout, stderr }));
     p.stdin.on('error', () => {});
     p.stdin.end(input ?? '');
+  });
+}
+
+/** Direct children of `pid` as [pid, command line] pairs (from ps). */
+export function childProcesses(pid: number): { pid: number; args: string }[] {
+  let out: string;
+  try {
+    out = execFileSync('ps', ['--ppid', String(pid), '-o', 'pid=,args='], { encoding: 'utf8' });
+  } catch {
+    return []; // ps exits 1 when there is no child
+  }
+  return out.split('\n').filter((l) => l.trim() !== '').map((l) => {
+    const m = /^\s*(\d+)\s+(.*)$/.exec(l)!;
+    return { pid: Number(m[1]), args: m[2]! };
+  });
+}
+
+/** Polls `cond` every 50 ms until it returns a non-undefined value or `timeoutMs` passes. */
+export async function waitFor<T>(what: string, cond: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await cond();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timeout waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Runs `palisade start --config CONFIG` expecting it to exit by itself (a refused start); kills it (and
+ * anything it started) if it is still running after `timeoutMs`, then resolves with what it printed.
+ */
+export function runStart(config: string, cwd: string, timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; stderr: string; killed: boolean }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, ['--disable-warning=ExperimentalWarning', MAIN, 'start', '--config', config], {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let stdout = '';
+    let stderr = '';
+    let killed = false;
+    p.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    p.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    const timer = setTimeout(() => {
+      killed = true;
+      try {
+        process.kill(-p.pid!, 'SIGKILL');
+      } catch { /* gone */ }
+    }, timeoutMs);
+    p.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, killed });
+    });
   });
 }

@@ -129,9 +129,45 @@ export class SmtpClient {
     });
   }
 
+  /** Reads every reply until the server closes the connection (use after QUIT or a closing reply). */
+  async readUntilClosed(timeoutMs = 10_000): Promise<WireReply[]> {
+    const out: WireReply[] = [];
+    for (;;) {
+      const r = await this.read(timeoutMs);
+      if (r === null) return out;
+      out.push(r);
+    }
+  }
+
   close(): void {
     this.sock.destroy();
   }
+}
+
+/** "250 2.0.0" style summary of a reply: code and enhanced status (first word of the text when it looks like one). */
+export function summary(r: WireReply): string {
+  const enh = /^[245]\.\d{1,3}\.\d{1,3}(?= |$)/.exec(r.text);
+  return enh === null ? String(r.code) : `${r.code} ${enh[0]}`;
+}
+
+/** Connects, reads the greeting and says EHLO; returns the client ready for MAIL. */
+export async function openSession(port: number, host = '127.0.0.1'): Promise<SmtpClient> {
+  const c = await SmtpClient.connect(port, host);
+  try {
+    await c.expect(220);
+    await c.ok('EHLO client.test');
+  } catch (e) {
+    c.close();
+    throw e;
+  }
+  return c;
+}
+
+/** The queue ID in a "250 2.0.0 Ok: queued as ID" reply. */
+export function queueIdOf(r: WireReply): string {
+  const m = /queued as ([0-9A-Z]{16})/.exec(r.text);
+  assert.ok(m !== null, `no queue ID in: ${r.lines.join(' | ')}`);
+  return m[1]!;
 }
 
 /** Greets, EHLOs and sends one message with DATA; returns the final reply. */
