@@ -11,7 +11,8 @@ import { rfc5322Date } from '../core/date.ts';
 export interface DsnRecipient {
   readonly address: string;
   readonly orcpt?: string;
-  readonly action: 'failed' | 'delayed' | 'delivered';
+  /** RFC 3464 §2.3.3; "relayed" = handed to a next hop that does not support DSN (RFC 3461 §5.2.2). */
+  readonly action: 'failed' | 'delayed' | 'delivered' | 'relayed';
   readonly status: string;
   /** The reply that decided it ("550 5.1.1 User unknown") or a local reason. */
   readonly diagnostic: string;
@@ -46,7 +47,7 @@ const RETURN_HARD_LIMIT = 10_000_000;
 /** The envelope and bytes of a DSN ready for cleanup. null when none may be sent (null sender). */
 export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<Buffer> } | null {
   if (d.sender === '') return null; // RFC 3461 §6.2 / RFC 5321 §4.5.5: never a bounce for a bounce
-  const kind = d.recipients.every((r) => r.action === 'delivered') ? 'success' : d.recipients.every((r) => r.action === 'delayed') ? 'delay' : 'failure';
+  const kind = d.recipients.every((r) => r.action === 'delivered' || r.action === 'relayed') ? 'success' : d.recipients.every((r) => r.action === 'delayed') ? 'delay' : 'failure';
   const boundary = `${d.qid}.${randomBytes(6).toString('hex')}/${d.hostname}`;
   const subject = kind === 'failure' ? 'Undelivered Mail Returned to Sender' : kind === 'delay' ? 'Delayed Mail (still being retried)' : 'Successful Mail Delivery Report';
   const full = d.ret === 'HDRS' ? false : d.ret === 'FULL' ? d.length <= RETURN_HARD_LIMIT : d.length <= RETURN_FULL_LIMIT;
@@ -72,7 +73,9 @@ export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<
     '',
     kind === 'failure' ? 'Your message could not be delivered to one or more recipients.\r\nIt is attached below.'
       : kind === 'delay' ? 'Your message has not been delivered yet to the recipients below.\r\nDelivery will be retried; you do not need to resend it.'
-        : 'Your message was delivered to the recipients below.',
+        : d.recipients.some((r) => r.action === 'relayed')
+          ? 'Your message was delivered or relayed to the recipients below;\r\na relayed message may get no further notice.'
+          : 'Your message was delivered to the recipients below.',
     '',
     ...d.recipients.map((r) => `<${r.address}>: ${r.action}${r.remoteMta ? ` (host ${r.remoteMta})` : ''}: ${r.diagnostic}`),
     '',

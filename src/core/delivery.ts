@@ -48,6 +48,11 @@ export interface RecipientResult {
   readonly reply: string;
   /** The host that answered, e.g. "mx.example.org[192.0.2.1]:25", or "" */
   readonly relay: string;
+  /**
+   * For "sent" over SMTP (not final delivery): "dsn" when the next hop took the DSN parameters and now owns
+   * any success notice (RFC 3461 §5.2.1), "plain" when it does not support DSN (§5.2.2: we report "relayed").
+   */
+  readonly relayed?: 'dsn' | 'plain';
 }
 
 /** The agent's answer for a job: one result per job recipient, plus whether the destination itself failed. */

@@ -118,6 +118,10 @@ export async function deliverMaildir(deps: LocalDeps, user: string, prefix: stri
 /** Delivers a job locally; one result per recipient. */
 export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps: LocalDeps): Promise<JobResult> {
   const results: RecipientResult[] = [];
+  // One copy per mailbox and per forwarding address for the whole job, however many recipients or aliases
+  // lead there (aliases(5) duplicate elimination; Postfix local(8) does the same).
+  const delivered = new Set<string>();
+  const forwarded = new Set<string>();
   for (const r of job.recipients) {
     const targets = await expand(r.address, deps);
     const refused = targets.filter((t) => t.kind === 'refused') as Extract<Target, { kind: 'refused' }>[];
@@ -132,19 +136,27 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
     }
     try {
       const done = new Set<string>();
+      let dup = 0;
       for (const t of targets) {
         if (t.kind !== 'mailbox' || done.has(t.user)) continue;
+        if (delivered.has(t.user)) {
+          dup++;
+          continue;
+        }
         done.add(t.user);
         // RFC 5321 §4.4: Return-Path at final delivery; Delivered-To marks the mailbox (loop detection).
         const prefix = `Return-Path: <${job.sender}>\r\nDelivered-To: ${t.address}\r\n`;
         await deliverMaildir(deps, t.user, prefix, msg);
+        delivered.add(t.user);
       }
-      const remote = [...new Set(targets.filter((t) => t.kind === 'remote').map((t) => t.address))];
+      const remote = [...new Set(targets.flatMap((t) => (t.kind === 'remote' && !forwarded.has(t.address) ? [t.address] : [])))];
       let note = '';
       if (remote.length > 0) {
         const qid = await deps.reinject(job.sender, remote, msg, `Delivered-To: ${r.address}\r\n`);
         note = `; forwarded as ${qid}`;
+        for (const a of remote) forwarded.add(a);
       }
+      if (dup > 0) note += `; ${dup} duplicate(s) already delivered in this message`;
       const partial = refused.length > 0 ? `; ${refused.length} alias target(s) refused: ${refused.map((x) => x.reason).join(', ')}` : '';
       results.push({ index: r.index, status: 'sent', dsn: '2.0.0', reply: `delivered to ${done.size > 0 ? `maildir (${[...done].join(', ')})` : 'aliases'}${note}${partial}`, relay: 'local' });
     } catch (e) {

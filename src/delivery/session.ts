@@ -218,8 +218,11 @@ export class ClientSession {
       }
     } else {
       const rep = await this.r.read(t.dataDone);
+      // RFC 3461 §5.2.1/§5.2.2: relaying is not final delivery; say whether the next hop took over the DSN duty.
+      const relayed = dsn ? 'dsn' : 'plain';
       for (const i of accepted) {
-        results.set(i, { index: job.recipients[i]!.index, status: statusOf(rep, 'data'), dsn: dsnOf(rep, 'data'), reply: replyLine(rep), relay });
+        const status = statusOf(rep, 'data');
+        results.set(i, { index: job.recipients[i]!.index, status, dsn: dsnOf(rep, 'data'), reply: replyLine(rep), relay, ...(status === 'sent' ? { relayed } : {}) });
       }
     }
     return job.recipients.map((_, i) => results.get(i)!);

@@ -53,6 +53,8 @@ interface Rcpt {
   dsn: string;
   reply: string;
   relay: string;
+  /** How a "sent" recipient left us when it was relayed (see RecipientResult.relayed). */
+  relayed?: 'dsn' | 'plain';
   at: number;
   /** Outcome of this round still to be reported in a DSN. */
   report: boolean;
@@ -132,12 +134,14 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       }
       const last = new Map<number, StateRecord>();
       let warned = false;
-      let attempts = 0;
+      // One retry time is written per deferred round (toDeferred), the same for all its recipients: count rounds,
+      // not records (each deferred recipient also has its outcome record, so counting records doubled the backoff).
+      const rounds = new Set<string>();
       for (const r of q.records) {
         if ((r as { warned?: boolean }).warned === true) warned = true;
         else if (typeof r.rcpt === 'number') {
           last.set(r.rcpt, r);
-          if (r.state === 'deferred') attempts++;
+          if (r.state === 'deferred' && r.next) rounds.add(r.next);
         }
       }
       const m: Msg = {
@@ -163,7 +167,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           };
         }),
         inFlight: 0,
-        attempts: Math.ceil(attempts / Math.max(1, q.envelope.recipients.length)),
+        attempts: rounds.size,
         warned,
         pendingAction: null,
         unsaved: [],
@@ -263,6 +267,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       r.dsn = res.dsn;
       r.reply = res.reply;
       r.relay = res.relay;
+      if (res.relayed) r.relayed = res.relayed;
+      else delete r.relayed;
       r.at = t;
       r.report = true;
       log.info({
@@ -377,21 +383,26 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   // Sends the DSNs this round calls for; false when injection failed (retry later).
   async function sendDsns(m: Msg, t: number): Promise<boolean> {
     const failed = m.rcpts.filter((r) => r.report && r.status === 'bounced' && wants(r, 'FAILURE'));
-    const success = m.rcpts.filter((r) => r.report && r.status === 'sent' && wants(r, 'SUCCESS'));
+    // RFC 3461 §5.2.1: a next hop that took NOTIFY=SUCCESS reports success itself; we do not as well.
+    const success = m.rcpts.filter((r) => r.report && r.status === 'sent' && wants(r, 'SUCCESS') && r.relayed !== 'dsn');
     const age = t - m.arrival;
     const delayed = !m.warned && delayWarning > 0 && age >= delayWarning
       ? m.rcpts.filter((r) => r.status === 'deferred' && wants(r, 'DELAY'))
       : [];
-    const toDsn = (r: Rcpt, action: DsnRecipient['action']): DsnRecipient => ({
-      address: r.address,
-      ...(r.orcpt ? { orcpt: r.orcpt } : {}),
-      action,
-      status: r.dsn || (action === 'delivered' ? '2.0.0' : action === 'delayed' ? '4.0.0' : '5.0.0'),
-      diagnostic: r.reply,
-      remoteMta: r.relay === 'local' ? '' : r.relay,
-      lastAttempt: new Date(r.at || t),
-      ...(action === 'delayed' ? { willRetryUntil: new Date(m.arrival + lifetime) } : {}),
-    });
+    const toDsn = (r: Rcpt, kind: DsnRecipient['action']): DsnRecipient => {
+      // RFC 3461 §5.2.2: relayed to a next hop without DSN is reported as "relayed", not "delivered".
+      const action = kind === 'delivered' && r.relayed === 'plain' ? 'relayed' : kind;
+      return {
+        address: r.address,
+        ...(r.orcpt ? { orcpt: r.orcpt } : {}),
+        action,
+        status: r.dsn || (action === 'delivered' || action === 'relayed' ? '2.0.0' : action === 'delayed' ? '4.0.0' : '5.0.0'),
+        diagnostic: r.reply,
+        remoteMta: r.relay === 'local' ? '' : r.relay,
+        lastAttempt: new Date(r.at || t),
+        ...(action === 'delayed' ? { willRetryUntil: new Date(m.arrival + lifetime) } : {}),
+      };
+    };
     for (const [list, action] of [[failed, 'failed'], [success, 'delivered'], [delayed, 'delayed']] as const) {
       if (list.length === 0) continue;
       if (m.env.sender === '') {

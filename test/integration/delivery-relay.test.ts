@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: MIT
+// Relaying to the next hop: what the peer receives (envelope, parameters, bytes), and how the peer's
+// extensions and refusals decide the outcome (SMTPUTF8, SIZE, 552 at RCPT).
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startPalisade, type Running } from '../support/palisade.ts';
+import { openSession, queueIdOf, sendMessage } from '../support/smtp-client.ts';
+import { startSmtpPeer, type SmtpPeer } from '../support/smtp-server.ts';
+import { parseDsn, waitMaildir } from '../support/mailbox.ts';
+
+const FAST = '[queue]\nretry_min = "1s"\nretry_max = "2s"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\ntimeout = "5s"\nconnect_timeout = "2s"\n';
+
+/** Sends raw DATA bytes (dot-stuffed, with the final dot) in one transaction; returns the queue ID. */
+async function sendRaw(port: number, mail: string, rcpts: string[], data: string | Buffer): Promise<string> {
+  const c = await openSession(port);
+  try {
+    await c.ok(mail);
+    for (const r of rcpts) await c.ok(r);
+    await c.ok('DATA', 354);
+    c.write(data);
+    return queueIdOf(await c.expect(250));
+  } finally {
+    c.close();
+  }
+}
+
+/** The delivery log lines for `qid`. */
+function deliveries(p: Running, qid: string): Record<string, unknown>[] {
+  return p.logs().filter((l) => l.event === 'delivery' && l.qid === qid);
+}
+
+describe('relaying to the next hop', () => {
+  // Three peers behind three domains: one with every extension, one plain, one small and ASCII-only.
+  let full: SmtpPeer;
+  let plain: SmtpPeer;
+  let small: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    full = await startSmtpPeer();
+    plain = await startSmtpPeer({ extensions: { dsn: false, pipelining: false, size: false } });
+    small = await startSmtpPeer({ extensions: { smtputf8: false, size: 2000 } });
+    // Senders in mx.test (a local domain) get their DSNs in a Maildir.
+    p = await startPalisade({
+      toml: `[transport]\n"remote.test" = "smtp:[127.0.0.1]:${full.port}"\n"plain.test" = "smtp:[127.0.0.1]:${plain.port}"\n` +
+        `"small.test" = "smtp:[127.0.0.1]:${small.port}"\n${FAST}`,
+    });
+  });
+  after(async () => {
+    await p?.stop();
+    await Promise.all([full?.close(), plain?.close(), small?.close()]);
+  });
+
+  test('the peer receives the envelope with SIZE, BODY and the DSN parameters passed on, and the body byte for byte', async () => {
+    const body =
+      'From: Sender <sender@client.test>\r\nTo: one@remote.test\r\nSubject: relay\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n' +
+      'Message-ID: <relay-1@client.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n' +
+      '.leading dot\r\n..two dots\r\n.\r\nx.\r\nCaf\u00e9 \u2713\r\n\r\nlast line\r\n';
+    const stuffed = body.replace(/^\./gm, '..');
+    const qid = await sendRaw(
+      p.port,
+      'MAIL FROM:<sender@client.test> BODY=8BITMIME RET=HDRS ENVID=env+2Bid-1',
+      ['RCPT TO:<one@remote.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;one+2Balias@remote.test', 'RCPT TO:<two@remote.test> NOTIFY=NEVER'],
+      Buffer.from(stuffed + '.\r\n', 'utf8'),
+    );
+    const [m] = await full.waitMessages(1);
+    assert.equal(m!.from, 'sender@client.test');
+    assert.equal(m!.mailParams.BODY, '8BITMIME');
+    assert.equal(m!.mailParams.RET, 'HDRS');
+    assert.equal(m!.mailParams.ENVID, 'env+2Bid-1');
+    assert.equal(Number(m!.mailParams.SIZE), m!.data.length, 'SIZE is the exact size of what is sent');
+    assert.deepEqual(m!.rcpts.map((r) => [r.address, r.params.NOTIFY, r.params.ORCPT]), [
+      ['one@remote.test', 'FAILURE,DELAY', 'rfc822;one+2Balias@remote.test'],
+      ['two@remote.test', 'NEVER', undefined],
+    ]);
+    // Our Received: field first, then the message exactly as the client sent it (dot-unstuffed).
+    const text = m!.data.toString('latin1');
+    const rec = /^Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*/.exec(text);
+    assert.ok(rec !== null, `starts with Received: ${JSON.stringify(text.slice(0, 60))}`);
+    assert.match(rec[0], new RegExp(qid));
+    assert.ok(m!.data.subarray(rec[0].length).equals(Buffer.from(body, 'utf8')), 'body is byte-identical after Received:');
+    // On the wire, every line starting with "." was stuffed again.
+    assert.ok(m!.wire.toString('latin1').includes('\r\n..leading dot\r\n...two dots\r\n..\r\nx.\r\n'), 'dot-stuffed on the wire');
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.to === 'two@remote.test');
+    assert.equal(log.status, 'sent');
+    assert.equal(log.dsn, '2.0.0');
+    assert.equal(log.relay, `127.0.0.1:${full.port}`);
+    assert.match(String(log.reply), /^250 /);
+    assert.equal(typeof log.delay, 'number');
+  });
+
+  test('an empty message arrives as just our Received: field, ended by CRLF "." CRLF', async () => {
+    const before = full.messages.length;
+    await sendRaw(p.port, 'MAIL FROM:<sender@client.test>', ['RCPT TO:<empty@remote.test>'], '.\r\n');
+    const m = (await full.waitMessages(before + 1))[before]!;
+    assert.match(m.data.toString('latin1'), /^Received: [^]*\r\n$/);
+    assert.doesNotMatch(m.data.toString('latin1'), /\r\n\r\n/, 'no body added');
+    assert.ok(m.wire.toString('latin1').endsWith('\r\n.\r\n'));
+  });
+
+  test('one message to two recipients of the same destination is sent once, in one transaction', async () => {
+    const before = full.messages.length;
+    const r = await sendMessage(p.port, 'sender@client.test', ['a@remote.test', 'b@remote.test'], 'Subject: one transaction\n\nhello\n');
+    assert.equal(r.code, 250);
+    const msgs = await full.waitMessages(before + 1);
+    const m = msgs[before]!;
+    assert.deepEqual(m.rcpts.map((x) => x.address).sort(), ['a@remote.test', 'b@remote.test']);
+    await new Promise((res) => setTimeout(res, 300));
+    assert.equal(full.messages.length, before + 1, 'not delivered twice');
+  });
+
+  test('no DSN or SIZE parameters are sent to a peer without them, and commands wait for their replies', async () => {
+    await sendRaw(p.port, 'MAIL FROM:<sender@client.test> RET=FULL ENVID=abc', ['RCPT TO:<one@plain.test> NOTIFY=FAILURE ORCPT=rfc822;one@plain.test'], 'Subject: x\r\n\r\nx\r\n.\r\n');
+    const [m] = await plain.waitMessages(1);
+    assert.deepEqual(m!.mailParams, {});
+    assert.deepEqual(m!.rcpts[0]!.params, {});
+    const cmds = plain.commands.map((c) => c.replace(/^\d+> /, '').split(' ')[0]);
+    assert.deepEqual(cmds.slice(0, 4), ['EHLO', 'MAIL', 'RCPT', 'DATA']);
+    assert.equal(plain.pipelined(), 0, 'no command was sent before the previous reply');
+    assert.ok(full.pipelined() > 0, 'the peer with PIPELINING got MAIL, RCPT and DATA together');
+  });
+
+  test('an SMTPUTF8 message to a peer without SMTPUTF8 is bounced with 5.6.7 and nothing is sent', async () => {
+    const qid = await sendRaw(p.port, 'MAIL FROM:<utf8@mx.test> SMTPUTF8', ['RCPT TO:<j\u00f6rg@small.test>'], Buffer.from('Subject: gr\u00fc\u00dfe\r\n\r\nhi\r\n.\r\n', 'utf8'));
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'bounced');
+    assert.equal(log.dsn, '5.6.7');
+    const [raw] = await waitMaildir(p.dir, 'utf8');
+    const dsn = await parseDsn(raw!);
+    assert.equal(dsn.recipients.length, 1);
+    assert.equal(dsn.recipients[0]!['action'], 'failed');
+    assert.equal(dsn.recipients[0]!['status'], '5.6.7');
+    assert.equal(small.transactions(), 0, 'no MAIL was sent to the peer');
+  });
+
+  test('a message over the peer\'s SIZE is bounced with 5.3.4 without being sent', async () => {
+    const big = 'Subject: big\r\n\r\n' + ('x'.repeat(70) + '\r\n').repeat(60);
+    const qid = await sendRaw(p.port, 'MAIL FROM:<big@mx.test>', ['RCPT TO:<big@small.test>'], big + '.\r\n');
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'bounced');
+    assert.equal(log.dsn, '5.3.4');
+    const [raw] = await waitMaildir(p.dir, 'big');
+    const dsn = await parseDsn(raw!);
+    assert.equal(dsn.recipients[0]!['status'], '5.3.4');
+    assert.equal(dsn.recipients[0]!['final-recipient'], 'rfc822; big@small.test');
+    assert.equal(small.messages.length, 0);
+  });
+
+  test('552 at RCPT is treated as temporary: the recipient is deferred, not bounced', async () => {
+    small.script.rcptReplies['full@small.test'] = '552 5.2.2 Mailbox full';
+    const qid = await sendRaw(p.port, 'MAIL FROM:<full@mx.test>', ['RCPT TO:<full@small.test>'], 'Subject: full\r\n\r\nx\r\n.\r\n');
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'deferred');
+    assert.match(String(log.dsn), /^4\./);
+    assert.equal(log.reply, '552 5.2.2 Mailbox full');
+    const list = JSON.parse((await p.cli(['queue', 'list', '--json'])).stdout) as { id: string; state: string; recipients: { state: string; last_reply: string }[] }[];
+    const e = list.find((x) => x.id === qid);
+    assert.ok(e !== undefined, 'still queued');
+    assert.equal(e.recipients[0]!.state, 'deferred');
+    assert.equal(e.recipients[0]!.last_reply, '552 5.2.2 Mailbox full');
+    assert.equal(deliveries(p, qid).filter((l) => l.status === 'bounced').length, 0);
+  });
+});
