@@ -7,7 +7,7 @@ import { mkdirSync, rmSync, writeFileSync, readFileSync, chmodSync, chownSync } 
 import { createServer as createNetServer, type Server } from 'node:net';
 import * as net from 'node:net';
 import { cpus } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import type { Config } from '../config/index.ts';
 import { parseListen } from '../config/index.ts';
@@ -97,6 +97,17 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   mkdirSync(cfg.local.mailbox_dir, { recursive: true, mode: 0o700 });
   if (ids !== null) chownSync(cfg.local.mailbox_dir, ids.user.uid, ids.group);
 
+  // Permission-model grants per role (docs/security.md): the code, plus exactly the role's own paths.
+  const root = dirname(dirname(deps.entry));
+  const code = [join(root, 'src'), join(root, 'node_modules'), join(root, 'package.json')];
+  const tables = [cfg.local.recipients, cfg.local.aliases].filter((t): t is string => typeof t === 'string' && t.startsWith('file:')).map((t) => t.slice(5));
+  const grants = {
+    smtpd: { read: [...code, ...tables], write: [] },
+    cleanup: { read: [...code, cfg.queue.dir], write: [cfg.queue.dir] },
+    qmgr: { read: [...code, cfg.queue.dir], write: [cfg.queue.dir] },
+    delivery: { read: [...code, cfg.queue.dir, cfg.local.mailbox_dir, '/etc/resolv.conf', ...tables], write: [cfg.local.mailbox_dir] },
+  };
+
   const anvil = new Anvil({ maxSessions: cfg.smtp.max_sessions, maxSessionsPerIp: cfg.smtp.max_sessions_per_ip });
   let stopping = false;
   let failStart: ((e: Error) => void) | null = null;
@@ -105,6 +116,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   let cleanupReady: () => void = () => {};
   const cleanup = new Supervised({
     role: 'cleanup',
+    grants: grants.cleanup,
     index: 0,
     entry: deps.entry,
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
@@ -123,6 +135,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   const controlWaiters = new Map<number, (a: unknown) => void>();
   const qmgr = new Supervised({
     role: 'qmgr',
+    grants: grants.qmgr,
     index: 0,
     entry: deps.entry,
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
@@ -156,6 +169,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   const spawnDelivery = (index: number, onReady: () => void): Supervised => {
     const sup = new Supervised({
       role: 'delivery',
+      grants: grants.delivery,
       index,
       entry: deps.entry,
       ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
@@ -179,6 +193,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady };
     w.sup = new Supervised({
       role: 'smtpd',
+      grants: grants.smtpd,
       index,
       entry: deps.entry,
       ...(ids ? { uid: ids.smtpd.uid, gid: ids.smtpd.gid } : {}),
