@@ -16,7 +16,7 @@ import { encodeJson, FrameDecoder, submit } from '../ipc/index.ts';
 import { QueueStore, QUEUE_ID, type MessageState, type QueueEnvelope, type StateRecord } from '../queue/index.ts';
 import { buildDsn, type DsnRecipient } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
-import { Destinations } from './destinations.ts';
+import { Destinations, type QueuedJob } from './destinations.ts';
 import { classify } from './classify.ts';
 
 /** What qmgr needs from outside. */
@@ -189,6 +189,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       return;
     }
     const groups = new Map<string, { d: ReturnType<typeof route>; idx: number[] }>();
+    const queued: QueuedJob[] = [];
     for (const { r, i } of todo) {
       const d = route(r.address);
       const g = groups.get(d.key) ?? { d, idx: [] };
@@ -210,9 +211,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           ...(m.env.ret ? { ret: m.env.ret } : {}),
           ...(m.env.envid !== undefined ? { envid: m.env.envid } : {}),
         };
-        m.inFlight++;
         const started = now();
-        dests.add({
+        queued.push({
           dest: d.key,
           run: async () => {
             const res = await dispatch(job);
@@ -225,6 +225,10 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         });
       }
     }
+    // Count every job before handing any over: a dead destination fails its job synchronously, and the round
+    // must not finish (moving the file out of active/) while the other destinations' jobs are still to run.
+    m.inFlight += queued.length;
+    for (const q of queued) dests.add(q);
   }
 
   // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job.

@@ -9,7 +9,8 @@ import { openSession, queueIdOf, sendMessage } from '../support/smtp-client.ts';
 import { startSmtpPeer, type SmtpPeer } from '../support/smtp-server.ts';
 import { parseDsn, waitMaildir } from '../support/mailbox.ts';
 
-const FAST = '[queue]\nretry_min = "1s"\nretry_max = "2s"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\ntimeout = "5s"\nconnect_timeout = "2s"\n';
+const FAST = '[queue]\nretry_min = "1s"\nretry_max = "2s"\nscan_interval = "200ms"\n' +
+  '[delivery]\nworkers = 1\ntimeout = "5s"\nconnect_timeout = "2s"\nmax_recipients = 2\nconnection_cache_time = "5s"\n';
 
 /** Sends raw DATA bytes (dot-stuffed, with the final dot) in one transaction; returns the queue ID. */
 async function sendRaw(port: number, mail: string, rcpts: string[], data: string | Buffer): Promise<string> {
@@ -35,20 +36,28 @@ describe('relaying to the next hop', () => {
   let full: SmtpPeer;
   let plain: SmtpPeer;
   let small: SmtpPeer;
+  let mirror: SmtpPeer;
+  let closedPort: number;
   let p: Running;
   before(async () => {
+    // A peer that greets with our own hostname (a route back to ourselves), and a port where nothing listens.
+    mirror = await startSmtpPeer({ hostname: 'mx.test' });
+    const gone = await startSmtpPeer();
+    closedPort = gone.port;
+    await gone.close();
     full = await startSmtpPeer();
     plain = await startSmtpPeer({ extensions: { dsn: false, pipelining: false, size: false } });
     small = await startSmtpPeer({ extensions: { smtputf8: false, size: 2000 } });
     // Senders in mx.test (a local domain) get their DSNs in a Maildir.
     p = await startPalisade({
       toml: `[transport]\n"remote.test" = "smtp:[127.0.0.1]:${full.port}"\n"plain.test" = "smtp:[127.0.0.1]:${plain.port}"\n` +
-        `"small.test" = "smtp:[127.0.0.1]:${small.port}"\n${FAST}`,
+        `"small.test" = "smtp:[127.0.0.1]:${small.port}"\n"loop.test" = "smtp:[127.0.0.1]:${mirror.port}"\n` +
+        `"closed.test" = "smtp:[127.0.0.1]:${closedPort}"\n${FAST}`,
     });
   });
   after(async () => {
     await p?.stop();
-    await Promise.all([full?.close(), plain?.close(), small?.close()]);
+    await Promise.all([full?.close(), plain?.close(), small?.close(), mirror?.close()]);
   });
 
   test('the peer receives the envelope with SIZE, BODY and the DSN parameters passed on, and the body byte for byte', async () => {
@@ -109,6 +118,27 @@ describe('relaying to the next hop', () => {
     assert.equal(full.messages.length, before + 1, 'not delivered twice');
   });
 
+  test('more recipients than max_recipients are split over several transactions, each recipient sent once', async () => {
+    const before = full.messages.length;
+    const rcpts = ['s1', 's2', 's3', 's4', 's5'].map((u) => `${u}@remote.test`);
+    const qid = queueIdOf(await sendMessage(p.port, 'sender@client.test', rcpts, 'Subject: split\n\nfive recipients\n'));
+    const msgs = (await full.waitMessages(before + 3)).slice(before);
+    assert.deepEqual(msgs.map((m) => m.rcpts.length).sort(), [1, 2, 2]);
+    assert.deepEqual(msgs.flatMap((m) => m.rcpts.map((r) => r.address)).sort(), rcpts);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid);
+    assert.equal(full.messages.length, before + 3);
+  });
+
+  test('consecutive messages to one destination reuse the cached connection', async () => {
+    const before = full.messages.length;
+    const first = queueIdOf(await sendMessage(p.port, 'sender@client.test', ['reuse1@remote.test'], 'Subject: one\n\n1\n'));
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === first);
+    await sendMessage(p.port, 'sender@client.test', ['reuse2@remote.test'], 'Subject: two\n\n2\n');
+    const msgs = await full.waitMessages(before + 2);
+    assert.equal(msgs[before + 1]!.connection, msgs[before]!.connection, 'same connection');
+    assert.equal(full.commands.filter((c) => c.startsWith(`${msgs[before]!.connection}> EHLO`)).length, 1, 'greeted once');
+  });
+
   test('no DSN or SIZE parameters are sent to a peer without them, and commands wait for their replies', async () => {
     await sendRaw(p.port, 'MAIL FROM:<sender@client.test> RET=FULL ENVID=abc', ['RCPT TO:<one@plain.test> NOTIFY=FAILURE ORCPT=rfc822;one@plain.test'], 'Subject: x\r\n\r\nx\r\n.\r\n');
     const [m] = await plain.waitMessages(1);
@@ -159,5 +189,37 @@ describe('relaying to the next hop', () => {
     assert.equal(e.recipients[0]!.state, 'deferred');
     assert.equal(e.recipients[0]!.last_reply, '552 5.2.2 Mailbox full');
     assert.equal(deliveries(p, qid).filter((l) => l.status === 'bounced').length, 0);
+  });
+
+  test('a next hop that greets with our own hostname is a mail loop: bounced with 5.4.6, nothing sent', async () => {
+    const qid = await sendRaw(p.port, 'MAIL FROM:<loop@mx.test>', ['RCPT TO:<user@loop.test>'], 'Subject: loop\r\n\r\nround and round\r\n.\r\n');
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'bounced');
+    assert.equal(log.dsn, '5.4.6');
+    const [raw] = await waitMaildir(p.dir, 'loop');
+    assert.equal((await parseDsn(raw!)).recipients[0]!['status'], '5.4.6');
+    assert.equal(mirror.transactions(), 0);
+  });
+
+  test('a next hop that refuses connections defers the message with 4.4.1 and the connect error', async () => {
+    const qid = await sendRaw(p.port, 'MAIL FROM:<refused@mx.test>', ['RCPT TO:<user@closed.test>'], 'Subject: closed\r\n\r\nanyone?\r\n.\r\n');
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'deferred');
+    assert.equal(log.dsn, '4.4.1');
+    assert.match(String(log.reply), /ECONNREFUSED/);
+  });
+
+  test('a recipient at a healthy destination is delivered at once even when another recipient\'s destination is down', async () => {
+    // Three failed jobs in a row mark closed.test as down for a while (its backlog is deferred without trying).
+    const down = queueIdOf(await sendMessage(p.port, 'down@mx.test', ['d1', 'd2', 'd3', 'd4', 'd5'].map((u) => `${u}@closed.test`), 'Subject: down\n\nx\n'));
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === down && l.to === 'd5@closed.test');
+    const before = full.messages.length;
+    const qid = queueIdOf(await sendMessage(p.port, 'mixed@mx.test', ['x@closed.test', 'y@remote.test'], 'Subject: mixed\n\nhalf\n'));
+    const msgs = await full.waitMessages(before + 1);
+    assert.deepEqual(msgs[before]!.rcpts.map((r) => r.address), ['y@remote.test']);
+    const y = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.to === 'y@remote.test');
+    assert.equal(y.status, 'sent', `first attempt for y: ${String(y.reply)}`);
+    const x = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.to === 'x@closed.test');
+    assert.equal(x.status, 'deferred');
   });
 });
