@@ -106,7 +106,17 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   const log = createLogger('smtpd', cfg.log.level);
   let nextId = 1;
   const waiting = new Map<number, (a: Admission) => void>();
+  const msgWaiting = new Map<number, (ok: boolean) => void>();
+  const flags = { stress: false, diskLow: false };
   const gate: SessionGate = {
+    flags,
+    message(ip, exempt) {
+      const id = nextId++;
+      return new Promise((resolve) => {
+        msgWaiting.set(id, resolve);
+        process.send!({ type: 'message', id, ip, exempt });
+      });
+    },
     admit(ip, exempt) {
       const id = nextId++;
       return new Promise((resolve) => {
@@ -119,8 +129,18 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     },
   };
   const smtpd = createSmtpd({ log, gate, cleanupPath: init.cleanupPath! }, cfg);
-  process.on('message', (m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number }, handle?: unknown) => {
+  process.on('message', (m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean }, handle?: unknown) => {
     switch (m.type) {
+      case 'message': {
+        const w = msgWaiting.get(m.id!);
+        msgWaiting.delete(m.id!);
+        w?.(m.ok !== false);
+        return;
+      }
+      case 'flags':
+        flags.stress = m.stress === true;
+        flags.diskLow = m.diskLow === true;
+        return;
       case 'admit': {
         const w = waiting.get(m.id!);
         waiting.delete(m.id!);

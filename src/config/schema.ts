@@ -70,6 +70,11 @@ const smtp = z
     max_header_size: int(262_144, 1024, 16_777_216, 'Bytes of the header section, then 552 5.3.4'),
     max_headers: int(1000, 10, 100_000, 'Header fields per message, then 552 5.3.4'),
     max_received_headers: int(50, 1, 1000, 'Received: fields before a message is refused as a loop (554 5.4.6)'),
+    max_connection_rate_per_ip: int(0, 0, 1_000_000, 'New connections per client address per minute, then 421 4.7.0; 0 = unlimited; trusted_networks exempt'),
+    max_message_rate_per_ip: int(0, 0, 1_000_000, 'Messages (MAIL commands) per client address per minute, then 450 4.7.1; 0 = unlimited; trusted_networks exempt'),
+    stress_threshold: z.number().min(0.1).max(1).default(0.8).describe('Stress mode starts when sessions reach this fraction of max_sessions (ends below 3/4 of that)'),
+    stress_timeout: duration('10s', 'Per-command timeout while in stress mode'),
+    stress_max_errors: int(3, 1, 10_000, 'Error replies per session before 421 while in stress mode'),
   })
   .prefault({});
 
@@ -109,6 +114,7 @@ const queue = z
     delay_warning: duration('4h', 'Send a delay DSN after this; "0s" = off'),
     scan_interval: duration('5s', 'How often the queue manager looks for new and due messages besides commit notices'),
     active_limit: int(10_000, 1, 10_000_000, 'Messages held in the active set at once; the rest wait on disk'),
+    min_free_space: int(52_428_800, 0, 2 ** 50, 'Free bytes the spool\'s file system must keep; below it MAIL gets 452 4.3.1 while delivery goes on'),
   })
   .prefault({});
 

@@ -3,7 +3,7 @@
 // hands each worker the listening handles, runs the anvil, serves the control socket, restarts children,
 // reloads on SIGHUP and drains on SIGTERM. It never accepts a connection and holds no mail.
 
-import { mkdirSync, rmSync, writeFileSync, readFileSync, chmodSync, chownSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync, readFileSync, chmodSync, chownSync, statSync, statfs } from 'node:fs';
 import { createServer as createNetServer, type Server } from 'node:net';
 import * as net from 'node:net';
 import { cpus } from 'node:os';
@@ -58,6 +58,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   const log = deps.log;
   let cfg = initial;
   const store = new QueueStore(cfg.queue.dir);
+  assertSafeDirs([cfg.server.data_dir, cfg.queue.dir]);
   mkdirSync(cfg.server.data_dir, { recursive: true, mode: 0o755 });
   await store.init();
   const created: string[] = [];
@@ -108,7 +109,31 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     delivery: { read: [...code, cfg.queue.dir, cfg.local.mailbox_dir, '/etc/resolv.conf', ...tables], write: [cfg.local.mailbox_dir] },
   };
 
-  const anvil = new Anvil({ maxSessions: cfg.smtp.max_sessions, maxSessionsPerIp: cfg.smtp.max_sessions_per_ip });
+  const anvil = new Anvil(anvilLimits(cfg));
+  // Shared state the smtpd workers need at every MAIL: stress mode and a spool short of space.
+  const flags = { stress: false, diskLow: false };
+  const broadcast = () => {
+    for (const w of generation) if (w.sup.child?.connected) w.sup.child.send({ type: 'flags', ...flags });
+  };
+  anvil.onStress = (on) => {
+    flags.stress = on;
+    log.warn({ event: 'stress', on, sessions: anvil.sessions, max_sessions: cfg.smtp.max_sessions });
+    broadcast();
+  };
+  const diskTimer = setInterval(() => {
+    anvil.sweep();
+    statfs(cfg.queue.dir, (err, st) => {
+      if (err) return;
+      const free = st.bavail * st.bsize;
+      const low = free < cfg.queue.min_free_space;
+      if (low !== flags.diskLow) {
+        flags.diskLow = low;
+        log.warn({ event: low ? 'disk-low' : 'disk-ok', free_bytes: free, min_free_space: cfg.queue.min_free_space });
+        broadcast();
+      }
+    });
+  }, 1000);
+  diskTimer.unref();
   let stopping = false;
   let failStart: ((e: Error) => void) | null = null;
 
@@ -200,6 +225,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       onSpawn: (child) => {
         w.listening = 0;
         child.send({ type: 'init', role: 'smtpd', config: config, cleanupPath });
+        child.send({ type: 'flags', ...flags });
         for (const h of handles) child.send({ type: 'listen', name: h.name, display: h.display }, h.handle as Server);
         child.on('message', (m: WorkerMessage) => onWorkerMessage(w, child, m));
       },
@@ -220,6 +246,9 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         if (child.connected) child.send({ type: 'admit', id: m.id, verdict });
         return;
       }
+      case 'message':
+        if (child.connected) child.send({ type: 'message', id: m.id, ok: anvil.message(m.ip, m.exempt) });
+        return;
       case 'release': {
         const n = w.ips.get(m.ip) ?? 0;
         if (n > 0) {
@@ -281,6 +310,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     stopping = true;
     const drainMs = parseDuration(cfg.server.drain_timeout)!;
     log.info({ event: 'stopping', reason, drain_timeout_ms: drainMs });
+    clearInterval(diskTimer);
     await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
     // Deliveries in flight may finish (they need cleanup for DSNs); the rest repeat after restart.
     await qmgr.stop({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
@@ -309,7 +339,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         log.warn({ event: 'reload-partial', note: 'listen addresses and queue.dir change only on restart' });
       }
       cfg = { ...next, smtp: { ...next.smtp, listen: cfg.smtp.listen }, queue: { ...next.queue, dir: cfg.queue.dir } };
-      anvil.setLimits({ maxSessions: cfg.smtp.max_sessions, maxSessionsPerIp: cfg.smtp.max_sessions_per_ip });
+      anvil.setLimits(anvilLimits(cfg));
       // New workers take new connections; the old ones finish their sessions, then exit.
       const old = generation;
       const fresh: Worker[] = [];
@@ -329,7 +359,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   async function handleControl(cmd: { cmd?: string }): Promise<unknown> {
     switch (cmd.cmd) {
       case 'status':
-        return { ok: true, pid: process.pid, sessions: anvil.sessions, workers: generation.length, qmgr: await askQmgr({ cmd: 'status' }) };
+        return { ok: true, pid: process.pid, sessions: anvil.sessions, stress: flags.stress, disk_low: flags.diskLow, workers: generation.length, qmgr: await askQmgr({ cmd: 'status' }) };
       case 'stop':
         setImmediate(() => void shutdown('control'));
         return { ok: true };
@@ -351,8 +381,32 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 type WorkerMessage =
   | { type: 'admit'; id: number; ip: string; exempt: boolean }
   | { type: 'release'; ip: string }
+  | { type: 'message'; id: number; ip: string; exempt: boolean }
   | { type: 'listening'; display: string }
   | { type: 'listen-error'; display: string; code: string };
+
+function anvilLimits(cfg: Config) {
+  return {
+    maxSessions: cfg.smtp.max_sessions,
+    maxSessionsPerIp: cfg.smtp.max_sessions_per_ip,
+    connectionRatePerIp: cfg.smtp.max_connection_rate_per_ip,
+    messageRatePerIp: cfg.smtp.max_message_rate_per_ip,
+    stressAt: cfg.smtp.stress_threshold,
+  };
+}
+
+// Refuses a spool or data directory anyone may write to: another local user could plant or steal mail.
+function assertSafeDirs(paths: readonly string[]): void {
+  for (const p of paths) {
+    let st;
+    try {
+      st = statSync(p);
+    } catch {
+      continue;
+    }
+    if ((st.mode & 0o002) !== 0) throw new StartError(`${p} is world-writable (mode ${(st.mode & 0o7777).toString(8)}): refusing to start; chmod o-w ${p}`, EXIT.config);
+  }
+}
 
 function errnoName(code: number): string {
   const names: Record<number, string> = { [-98]: 'EADDRINUSE (address already in use)', [-99]: 'EADDRNOTAVAIL', [-13]: 'EACCES (permission denied)' };

@@ -1,15 +1,51 @@
 // SPDX-License-Identifier: MIT
-// Anvil: counts sessions in one place for all smtpd workers (global and per client IP), so limits hold
-// across processes. Runs inside master until shared state moves to Redis.
+// Anvil: counts sessions and rates in one place for all smtpd workers (global and per client IP), so limits
+// hold across processes, and decides stress mode. Runs inside master until shared state moves to Redis.
 
 /** Verdict for a new connection. */
-export type Admission = 'ok' | 'global' | 'ip';
+export type Admission = 'ok' | 'global' | 'ip' | 'rate';
 
-/** Session limits as configured. */
+/** Limits as configured; 0 = unlimited for the per-IP ones. */
 export interface AnvilLimits {
   readonly maxSessions: number;
-  /** 0 = unlimited. */
   readonly maxSessionsPerIp: number;
+  /** New connections per IP per minute. */
+  readonly connectionRatePerIp: number;
+  /** Messages (MAIL commands) per IP per minute. */
+  readonly messageRatePerIp: number;
+  /** Stress mode switches on at this fraction of maxSessions and off below 3/4 of it. */
+  readonly stressAt: number;
+}
+
+// Rates are counted in one-minute windows of 6 ten-second buckets.
+const BUCKET_MS = 10_000;
+const BUCKETS = 6;
+
+class Rate {
+  private readonly counts = new Map<string, { base: number; b: number[] }>();
+
+  /** Adds one event for `ip` at `now`; returns the count over the last minute including it. */
+  hit(ip: string, now: number): number {
+    const slot = Math.floor(now / BUCKET_MS);
+    let e = this.counts.get(ip);
+    if (e === undefined || slot - e.base >= BUCKETS * 2) {
+      e = { base: slot, b: new Array<number>(BUCKETS).fill(0) };
+      this.counts.set(ip, e);
+    }
+    while (slot - e.base >= BUCKETS) {
+      e.b.shift();
+      e.b.push(0);
+      e.base++;
+    }
+    e.b[slot - e.base]!++;
+    return e.b.reduce((a, x) => a + x, 0);
+  }
+
+  /** Drops entries idle for more than a minute (bounded memory). */
+  sweep(now: number): void {
+    const slot = Math.floor(now / BUCKET_MS);
+    for (const [ip, e] of this.counts) if (slot - e.base >= BUCKETS * 2) this.counts.delete(ip);
+  }
 }
 
 /** The counter. `admit` counts the session when it answers 'ok'; `release` uncounts it. */
@@ -17,24 +53,40 @@ export class Anvil {
   private limits: AnvilLimits;
   private total = 0;
   private readonly perIp = new Map<string, number>();
+  private readonly connRate = new Rate();
+  private readonly msgRate = new Rate();
+  private readonly now: () => number;
+  private stress = false;
+  /** Called when stress mode switches on or off. */
+  onStress: ((on: boolean) => void) | null = null;
 
-  constructor(limits: AnvilLimits) {
+  constructor(limits: AnvilLimits, now: () => number = Date.now) {
     this.limits = limits;
+    this.now = now;
   }
 
   /** Replaces the limits (reload); current sessions stay counted. */
   setLimits(limits: AnvilLimits): void {
     this.limits = limits;
+    this.checkStress();
   }
 
-  /** Decides and counts a session from `ip`; `exempt` skips the per-IP limit (trusted networks). */
+  /** Decides and counts a session from `ip`; `exempt` skips the per-IP limits (trusted networks). */
   admit(ip: string, exempt: boolean): Admission {
     if (this.total >= this.limits.maxSessions) return 'global';
     const n = this.perIp.get(ip) ?? 0;
     if (!exempt && this.limits.maxSessionsPerIp > 0 && n >= this.limits.maxSessionsPerIp) return 'ip';
+    if (!exempt && this.limits.connectionRatePerIp > 0 && this.connRate.hit(ip, this.now()) > this.limits.connectionRatePerIp) return 'rate';
     this.total++;
     this.perIp.set(ip, n + 1);
+    this.checkStress();
     return 'ok';
+  }
+
+  /** Counts one message from `ip`; false when it is over the per-minute rate. */
+  message(ip: string, exempt: boolean): boolean {
+    if (exempt || this.limits.messageRatePerIp === 0) return true;
+    return this.msgRate.hit(ip, this.now()) <= this.limits.messageRatePerIp;
   }
 
   /** Uncounts a session admitted earlier. */
@@ -44,15 +96,33 @@ export class Anvil {
     this.total = Math.max(0, this.total - 1);
     if (n <= 1) this.perIp.delete(ip);
     else this.perIp.set(ip, n - 1);
+    this.checkStress();
   }
 
-  /** Drops every count of sessions owned by a worker that died (its sessions are gone). */
-  releaseAll(ips: readonly string[]): void {
-    for (const ip of ips) this.release(ip);
+  /** Forgets idle rate entries; call now and then. */
+  sweep(): void {
+    const t = this.now();
+    this.connRate.sweep(t);
+    this.msgRate.sweep(t);
+  }
+
+  // Stress mode (like Postfix's stress-adaptive behaviour): on near the session limit, off with hysteresis.
+  private checkStress(): void {
+    const on = this.limits.maxSessions * this.limits.stressAt;
+    const next = this.stress ? this.total >= on * 0.75 : this.total >= on;
+    if (next !== this.stress) {
+      this.stress = next;
+      this.onStress?.(next);
+    }
   }
 
   /** Current number of sessions. */
   get sessions(): number {
     return this.total;
+  }
+
+  /** Stress mode is on. */
+  get stressed(): boolean {
+    return this.stress;
   }
 }

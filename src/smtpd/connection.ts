@@ -29,6 +29,12 @@ export interface ConnectionDeps {
   readonly log: Logger;
   readonly maxErrors: number;
   readonly timeoutMs: number;
+  /** Stress mode (from master): shorter timeout, fewer errors tolerated. */
+  readonly stressMaxErrors: number;
+  readonly stressTimeoutMs: number;
+  readonly flags: { readonly stress: boolean; readonly diskLow: boolean };
+  /** Per-IP message rate check, or null when unlimited. */
+  readonly messageRate: ((ip: string) => Promise<boolean>) | null;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -58,6 +64,7 @@ export class Connection {
   private checker: LineEndChecker | null = null;
   private stopping = false;
   private readonly started = Date.now();
+  private timeoutMs = 0;
   /** Called once when the connection is gone. */
   onClose: (() => void) | null = null;
 
@@ -78,7 +85,8 @@ export class Connection {
   /** Sends the greeting and starts reading. */
   start(): void {
     this.deps.log.info({ event: 'connect', client: this.session.ip, port: this.session.port });
-    this.sock.setTimeout(this.deps.timeoutMs, () => this.fail(R.timeout, 'timeout'));
+    this.timeoutMs = this.currentTimeout();
+    this.sock.setTimeout(this.timeoutMs, () => this.fail(R.timeout, 'timeout'));
     this.sock.on('data', (chunk: Buffer) => this.onData(chunk));
     this.send(greeting(this.deps.limits));
     this.flush();
@@ -100,6 +108,10 @@ export class Connection {
   // Between transactions: nothing would be lost by closing now.
   private idle(): boolean {
     return this.mode === 'cmd' && this.session.sender === undefined && this.bdatFailed === null;
+  }
+
+  private currentTimeout(): number {
+    return this.deps.flags.stress ? Math.min(this.deps.stressTimeoutMs, this.deps.timeoutMs) : this.deps.timeoutMs;
   }
 
   private onData(chunk: Buffer): void {
@@ -139,6 +151,12 @@ export class Connection {
         if (line === null) break;
         if (line === true) continue;
         await this.command(line);
+        // Stress mode changes the timeout of sessions already running, too.
+        const t = this.currentTimeout();
+        if (t !== this.timeoutMs) {
+          this.timeoutMs = t;
+          this.sock.setTimeout(t);
+        }
         if (this.stopping && this.idle()) {
           this.fail(R.shuttingDown, 'shutdown');
           break;
@@ -204,8 +222,15 @@ export class Connection {
         if (r.code === 250) this.discardBody();
         return this.answer(r);
       }
-      case 'MAIL':
-        return this.answer(mail(s, l, args));
+      case 'MAIL': {
+        if (this.deps.flags.diskLow) return this.answer(R.noStorage);
+        const r = mail(s, l, args);
+        if (r.code === 250 && this.deps.messageRate !== null && !(await this.deps.messageRate(s.ip))) {
+          resetTransaction(s);
+          return this.answer(R.messageRate);
+        }
+        return this.answer(r);
+      }
       case 'RCPT':
         return this.answer(rcpt(s, l, this.deps.policy, args));
       case 'DATA':
@@ -397,7 +422,7 @@ export class Connection {
     this.send(r);
     if (r.close) return;
     this.errors++;
-    if (this.errors >= this.deps.maxErrors) {
+    if (this.errors >= (this.deps.flags.stress ? this.deps.stressMaxErrors : this.deps.maxErrors)) {
       this.send(R.tooManyErrors);
     }
   }

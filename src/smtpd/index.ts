@@ -19,6 +19,10 @@ import type { RecipientPolicy } from './relay.ts';
 export interface SessionGate {
   admit(ip: string, exempt: boolean): Promise<Admission>;
   release(ip: string): void;
+  /** Counts one message against the per-IP message rate; false = over the limit. */
+  message(ip: string, exempt: boolean): Promise<boolean>;
+  /** Shared state from master: stress mode, spool short of space. */
+  readonly flags: { readonly stress: boolean; readonly diskLow: boolean };
 }
 
 /** What smtpd needs from outside. */
@@ -64,6 +68,10 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
     log: deps.log,
     maxErrors: cfg.smtp.max_errors,
     timeoutMs: parseDuration(cfg.smtp.timeout)!,
+    stressMaxErrors: cfg.smtp.stress_max_errors,
+    stressTimeoutMs: parseDuration(cfg.smtp.stress_timeout)!,
+    flags: deps.gate.flags,
+    messageRate: cfg.smtp.max_message_rate_per_ip > 0 ? (ip: string) => deps.gate.message(ip, trusted.has(ip)) : null,
   };
   const conns = new Set<Connection>();
   const servers: Server[] = [];
@@ -94,8 +102,9 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
           admitted = true;
           conn.start();
         } else {
-          deps.log.info({ event: 'reject', client: ip, reason: verdict === 'global' ? 'max_sessions' : 'max_sessions_per_ip' });
-          conn.refuse(verdict === 'global' ? R.tooManySessions : R.tooManySessionsIp);
+          const reason = verdict === 'global' ? 'max_sessions' : verdict === 'ip' ? 'max_sessions_per_ip' : 'max_connection_rate_per_ip';
+          deps.log.info({ event: 'reject', client: ip, reason });
+          conn.refuse(verdict === 'global' ? R.tooManySessions : verdict === 'ip' ? R.tooManySessionsIp : R.connectionRate);
         }
       },
       () => conn.refuse(R.localError),
