@@ -95,8 +95,9 @@ async function runCleanup(init: InitMessage): Promise<void> {
   await cleanup.listen(path);
   chmodSync(path, 0o660);
   if (init.socketGroup !== undefined && init.socketGroup >= 0) chownSync(path, process.getuid!(), init.socketGroup);
-  process.on('message', (m: { type: string }) => {
+  process.on('message', (m: { type: string; config?: Config }) => {
     if (m.type === 'stop') void cleanup.close().then(() => process.exit(0));
+    else if (m.type === 'config') cleanup.reconfigure(m.config!);
   });
   process.send!({ type: 'ready' });
 }

@@ -26,18 +26,17 @@ export interface CleanupDeps {
 export interface Cleanup {
   /** Listens on `path` (a Unix socket). */
   listen(path: string): Promise<void>;
+  /** Applies a reloaded config to messages that start from now on. */
+  reconfigure(cfg: Config): void;
   close(): Promise<void>;
 }
 
 /** Creates the cleanup service. */
-export function createCleanup(deps: CleanupDeps, cfg: Config): Cleanup {
-  const limits = {
-    maxHeaderSize: cfg.smtp.max_header_size,
-    maxHeaders: cfg.smtp.max_headers,
-    maxReceived: cfg.smtp.max_received_headers,
-  };
+export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
+  let cfg = initial;
+  let limits = limitsOf(cfg);
   // Defence in depth: smtpd enforces the size; cleanup refuses anything clearly past it too.
-  const hardMax = cfg.smtp.max_message_size + 64 * 1024;
+  let hardMax = cfg.smtp.max_message_size + 64 * 1024;
   let server: Server | null = null;
   const sockets = new Set<Socket>();
 
@@ -137,6 +136,11 @@ export function createCleanup(deps: CleanupDeps, cfg: Config): Cleanup {
   }
 
   return {
+    reconfigure(next: Config): void {
+      cfg = next;
+      limits = limitsOf(next);
+      hardMax = next.smtp.max_message_size + 64 * 1024;
+    },
     listen(path: string): Promise<void> {
       return new Promise((resolve, reject) => {
         server = createServer(handle);
@@ -155,6 +159,10 @@ export function createCleanup(deps: CleanupDeps, cfg: Config): Cleanup {
       });
     },
   };
+}
+
+function limitsOf(cfg: Config) {
+  return { maxHeaderSize: cfg.smtp.max_header_size, maxHeaders: cfg.smtp.max_headers, maxReceived: cfg.smtp.max_received_headers };
 }
 
 /** The Received: field cleanup prepends (RFC 5321 §4.4, RFC 5322 §3.6.7). */

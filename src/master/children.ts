@@ -89,6 +89,14 @@ export class Supervised {
     }, delay);
   }
 
+  /** Replaces the process: stops it like stop(), then starts a new one (reload). */
+  async restart(msg: unknown, killAfterMs: number): Promise<void> {
+    await this.stop(msg, killAfterMs);
+    this.stopping = false;
+    this.backoff = MIN_BACKOFF;
+    this.start();
+  }
+
   /** Stops supervising; sends `msg` (or SIGTERM) and resolves when the process is gone (SIGKILL after `killAfterMs`). */
   async stop(msg: unknown, killAfterMs: number): Promise<void> {
     this.stopping = true;

@@ -348,7 +348,10 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       const drainMs = parseDuration(cfg.server.drain_timeout)!;
       void Promise.all(old.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
       cleanup.child?.send({ type: 'config', config: cfg });
-      qmgr.child?.send({ type: 'config', config: cfg });
+      // qmgr and the delivery agents start over with the new config: qmgr lets its deliveries finish,
+      // then the (now idle) agents are replaced; the new qmgr picks the queue up from disk.
+      await qmgr.restart({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
+      for (const d of deliveryWorkers) await d.restart({ type: 'drain' }, 5000);
       log.info({ event: 'reloaded', source: cfg.source });
       return { ok: true };
     } finally {
