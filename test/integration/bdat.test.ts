@@ -16,7 +16,7 @@ function bdat(chunk: string, last = false): string {
 describe('BDAT', () => {
   let p: Running;
   before(async () => {
-    p = await startPalisade({ smtp: 'max_message_size = 4096', toml: KEEP_QUEUED });
+    p = await startPalisade({ workers: 1, smtp: 'max_message_size = 4096', toml: KEEP_QUEUED });
   });
   after(async () => {
     assert.equal(await p.stop(), 0);

@@ -10,7 +10,7 @@ import { KEEP_QUEUED, readQueued, splitReceived } from '../support/queue.ts';
 describe('pipelining', () => {
   let p: Running;
   before(async () => {
-    p = await startPalisade({ toml: '[local]\nrecipients = ["alice", "bob", "carol"]\n' + KEEP_QUEUED });
+    p = await startPalisade({ workers: 1, toml: '[local]\nrecipients = ["alice", "bob", "carol"]\n' + KEEP_QUEUED });
   });
   after(async () => {
     assert.equal(await p.stop(), 0);

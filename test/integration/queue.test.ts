@@ -14,7 +14,7 @@ import { KEEP_QUEUED, readQueued, splitReceived } from '../support/queue.ts';
 describe('queued messages', () => {
   let p: Running;
   before(async () => {
-    p = await startPalisade({ toml: KEEP_QUEUED });
+    p = await startPalisade({ workers: 1, toml: KEEP_QUEUED });
   });
   after(async () => {
     assert.equal(await p.stop(), 0);

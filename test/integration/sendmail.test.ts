@@ -13,7 +13,7 @@ import { KEEP_QUEUED, queuedIds, readQueued } from '../support/queue.ts';
 describe('sendmail with Palisade running', () => {
   let p: Running;
   before(async () => {
-    p = await startPalisade({ toml: KEEP_QUEUED });
+    p = await startPalisade({ workers: 1, toml: KEEP_QUEUED });
   });
   after(async () => {
     assert.equal(await p.stop(), 0);

@@ -15,7 +15,7 @@ const SMUGGLED = 'MAIL FROM:<evil@x>\r\nRCPT TO:<v@mx.test>\r\nDATA\r\nsmuggled\
 describe('SMTP smuggling', () => {
   let p: Running;
   before(async () => {
-    p = await startPalisade({ toml: '[relay]\ntrusted_networks = []\n' + KEEP_QUEUED });
+    p = await startPalisade({ workers: 1, toml: '[relay]\ntrusted_networks = []\n' + KEEP_QUEUED });
   });
   after(async () => {
     assert.equal(await p.stop(), 0);

@@ -40,13 +40,20 @@ export interface StartOptions {
   server?: string;
   dir?: string;
   listen?: readonly string[];
+  /** smtpd processes (default 2, so per-process state shows up as a bug). */
+  workers?: number;
+  /**
+   * Leave out the base config's `user = ""`, so `user` / `smtpd_user` from `server` (or their defaults) apply:
+   * run as root, the children drop to the service users. The directory must then be traversable by them.
+   */
+  dropPrivileges?: boolean;
 }
 
 /** The config text startPalisade writes for `dir` (also used by tests that start Palisade by hand). */
 export function configText(dir: string, opts: StartOptions = {}): string {
   const listen = (opts.listen ?? ['127.0.0.1:0']).map((l) => JSON.stringify(l)).join(', ');
-  return `[server]\nuser = ""\nhostname = "mx.test"\ndata_dir = "${dir}/var"\ndrain_timeout = "2s"\n${opts.server ?? ''}\n` +
-    `[smtp]\nlisten = [${listen}]\nworkers = 2\n${opts.smtp ?? ''}\n[log]\nlevel = "info"\n${opts.toml ?? ''}\n`;
+  return `[server]\n${opts.dropPrivileges === true ? '' : 'user = ""\n'}hostname = "mx.test"\ndata_dir = "${dir}/var"\ndrain_timeout = "2s"\n${opts.server ?? ''}\n` +
+    `[smtp]\nlisten = [${listen}]\nworkers = ${opts.workers ?? 2}\n${opts.smtp ?? ''}\n[log]\nlevel = "info"\n${opts.toml ?? ''}\n`;
 }
 
 /**
@@ -188,7 +195,8 @@ export async function waitFor<T>(what: string, cond: () => T | undefined | Promi
 
 /**
  * Runs `palisade start --config CONFIG` expecting it to exit by itself (a refused start); kills it (and
- * anything it started) if it is still running after `timeoutMs`, then resolves with what it printed.
+ * anything it started) as soon as it prints the ready line or after `timeoutMs`, then resolves with what it
+ * printed (`killed` tells that it had to be killed).
  */
 export function runStart(config: string, cwd: string, timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; stderr: string; killed: boolean }> {
   return new Promise((resolve) => {
@@ -200,14 +208,19 @@ export function runStart(config: string, cwd: string, timeoutMs = 15_000): Promi
     let stdout = '';
     let stderr = '';
     let killed = false;
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-    const timer = setTimeout(() => {
+    const kill = () => {
+      if (killed) return;
       killed = true;
       try {
         process.kill(-p.pid!, 'SIGKILL');
       } catch { /* gone */ }
-    }, timeoutMs);
+    };
+    p.stdout.on('data', (c: Buffer) => {
+      stdout += c.toString('utf8');
+      if (stdout.includes('"event":"ready"')) kill();
+    });
+    p.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    const timer = setTimeout(kill, timeoutMs);
     p.on('exit', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr, killed });
