@@ -65,6 +65,7 @@ export class Connection {
   private stopping = false;
   private readonly started = Date.now();
   private timeoutMs = 0;
+  private lineStart = 0;
   /** Called once when the connection is gone. */
   onClose: (() => void) | null = null;
 
@@ -117,6 +118,14 @@ export class Connection {
   private onData(chunk: Buffer): void {
     if (this.mode === 'closed') return;
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    // A command line must be complete within one timeout of its first byte, however slowly it trickles in
+    // (the socket timeout alone restarts with every byte: the slow-loris hole).
+    if (this.mode === 'cmd' && !this.busy) {
+      const now = Date.now();
+      if (this.buf.indexOf(0x0a) >= 0) this.lineStart = 0;
+      else if (this.lineStart === 0) this.lineStart = now;
+      else if (now - this.lineStart > this.timeoutMs) return this.fail(R.timeout, 'command line deadline');
+    }
     if (this.busy) {
       if (this.buf.length > MAX_PENDING_INPUT) this.sock.pause();
       return;
