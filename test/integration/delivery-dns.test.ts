@@ -34,9 +34,10 @@ describe('next hops from DNS', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await peer?.close();
     await dns?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   test('a domain with MX records is delivered to the address of its MX host, trying the next MX when the first refuses', async () => {

@@ -42,8 +42,9 @@ describe('delivery status notifications', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await Promise.all([peer?.close(), plain?.close()]);
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   /** Waits until `qid` has left the queue (every recipient sent or bounced, DSNs injected). */

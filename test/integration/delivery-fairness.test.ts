@@ -41,8 +41,9 @@ describe('a hanging destination', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await Promise.all([hung?.close(), healthy?.close()]);
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   test('does not delay a healthy destination: its 20 messages arrive while the hung connections are still open', async () => {

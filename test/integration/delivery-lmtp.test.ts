@@ -4,6 +4,9 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startPalisade, type Running } from '../support/palisade.ts';
 import { queueIdOf, sendMessage } from '../support/smtp-client.ts';
@@ -12,17 +15,23 @@ import { maildir, parseDsn, waitMaildir } from '../support/mailbox.ts';
 
 describe('LMTP delivery', () => {
   let lmtp: SmtpPeer;
+  let sockDir: string;
+  let unix: SmtpPeer;
   let p: Running;
   before(async () => {
     lmtp = await startSmtpPeer({ lmtp: true, hostname: 'mailstore.test' });
+    sockDir = mkdtempSync(join(tmpdir(), 'palisade-lmtp-'));
+    unix = await startSmtpPeer({ lmtp: true, hostname: 'unixstore.test', path: join(sockDir, 'lmtp') });
     p = await startPalisade({
-      toml: `[transport]\n"lmtp.test" = "lmtp:127.0.0.1:${lmtp.port}"\n` +
+      toml: `[transport]\n"lmtp.test" = "lmtp:127.0.0.1:${lmtp.port}"\n"unix.test" = "lmtp:unix:${join(sockDir, 'lmtp')}"\n` +
         '[queue]\nretry_min = "1s"\nretry_max = "1s"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\ntimeout = "5s"\n',
     });
   });
   after(async () => {
-    await p?.stop();
-    await lmtp?.close();
+    const code = await p?.stop();
+    await Promise.all([lmtp?.close(), unix?.close()]);
+    if (sockDir) rmSync(sockDir, { recursive: true, force: true });
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   test('the mailbox server is greeted with LHLO and gets the message once for the recipients it accepts', async () => {
@@ -70,5 +79,15 @@ describe('LMTP delivery', () => {
     await sleep(300);
     assert.equal(lmtp.messages.length, before + 2);
     assert.equal(maildir(p.dir, 'lmtpretry').length, 0, 'no DSN: nothing failed');
+  });
+
+  test('a mailbox server on a Unix socket ("lmtp:unix:/path") gets the message', async () => {
+    const qid = queueIdOf(await sendMessage(p.port, 'sender@client.test', ['box@unix.test'], 'Subject: unix\n\nover a socket\n'));
+    const [m] = await unix.waitMessages(1);
+    assert.deepEqual(m!.rcpts.map((r) => r.address), ['box@unix.test']);
+    assert.match(m!.data.toString('utf8'), /over a socket/);
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'sent');
+    assert.equal(log.relay, `unix:${join(sockDir, 'lmtp')}`);
   });
 });

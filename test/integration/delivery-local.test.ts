@@ -27,9 +27,10 @@ describe('local delivery', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await peer?.close();
     if (etc) rmSync(etc, { recursive: true, force: true });
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   /** Sends `body` from `from` to `rcpts`, asserting each RCPT reply; returns the queue ID. */

@@ -25,8 +25,9 @@ describe('queue control during delivery', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await peer?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   async function list(): Promise<Listed[]> {

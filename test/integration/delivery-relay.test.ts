@@ -47,7 +47,7 @@ describe('relaying to the next hop', () => {
     await gone.close();
     full = await startSmtpPeer();
     plain = await startSmtpPeer({ extensions: { dsn: false, pipelining: false, size: false } });
-    small = await startSmtpPeer({ extensions: { smtputf8: false, size: 2000 } });
+    small = await startSmtpPeer({ extensions: { smtputf8: false, eightbitmime: false, size: 2000 } });
     // Senders in mx.test (a local domain) get their DSNs in a Maildir.
     p = await startPalisade({
       toml: `[transport]\n"remote.test" = "smtp:[127.0.0.1]:${full.port}"\n"plain.test" = "smtp:[127.0.0.1]:${plain.port}"\n` +
@@ -56,8 +56,9 @@ describe('relaying to the next hop', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await Promise.all([full?.close(), plain?.close(), small?.close(), mirror?.close()]);
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   test('the peer receives the envelope with SIZE, BODY and the DSN parameters passed on, and the body byte for byte', async () => {
@@ -161,6 +162,16 @@ describe('relaying to the next hop', () => {
     assert.equal(dsn.recipients[0]!['action'], 'failed');
     assert.equal(dsn.recipients[0]!['status'], '5.6.7');
     assert.equal(small.transactions(), 0, 'no MAIL was sent to the peer');
+  });
+
+  test('an 8-bit message to a peer without 8BITMIME is bounced with 5.6.3, not sent unconverted', async () => {
+    const qid = await sendRaw(p.port, 'MAIL FROM:<eight@mx.test> BODY=8BITMIME', ['RCPT TO:<eight@small.test>'], Buffer.from('Subject: 8bit\r\n\r\nk\u00e4se\r\n.\r\n', 'utf8'));
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'bounced');
+    assert.equal(log.dsn, '5.6.3');
+    const [raw] = await waitMaildir(p.dir, 'eight');
+    assert.equal((await parseDsn(raw!)).recipients[0]!['status'], '5.6.3');
+    assert.equal(small.messages.length, 0);
   });
 
   test('a message over the peer\'s SIZE is bounced with 5.3.4 without being sent', async () => {

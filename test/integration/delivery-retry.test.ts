@@ -32,8 +32,9 @@ describe('retries after temporary failures', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await peer?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   test('a recipient tempfailed twice is listed as deferred, then delivered once after backoff of retry_min, then double', async () => {
@@ -92,8 +93,9 @@ describe('the queue lifetime', () => {
     });
   });
   after(async () => {
-    await p?.stop();
+    const code = await p?.stop();
     await peer?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
   test('a message tempfailed until its lifetime ends gets a delay warning, then a 5.4.7 failure DSN, and leaves the queue', async () => {

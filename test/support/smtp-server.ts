@@ -58,6 +58,7 @@ export interface PeerScript {
 
 /** A running peer. */
 export interface SmtpPeer {
+  /** TCP port on 127.0.0.1 (0 when listening on a Unix socket). */
   readonly port: number;
   readonly script: PeerScript;
   /** Messages accepted so far, in order. */
@@ -93,8 +94,14 @@ function parsePath(rest: string): { address: string; params: Record<string, stri
   return { address: m[1]!, params };
 }
 
-/** Starts a peer; `script` overrides the defaults (ESMTP with every extension, accepting everything). */
-export async function startSmtpPeer(script: Partial<Omit<PeerScript, 'extensions'>> & { extensions?: Partial<PeerExtensions> } = {}): Promise<SmtpPeer> {
+/**
+ * Starts a peer; `script` overrides the defaults (ESMTP with every extension, accepting everything).
+ * With `path`, it listens on that Unix socket instead of a TCP port (for "lmtp:unix:/path" routes).
+ */
+export async function startSmtpPeer(
+  opts: Partial<Omit<PeerScript, 'extensions'>> & { extensions?: Partial<PeerExtensions>; path?: string } = {},
+): Promise<SmtpPeer> {
+  const { path, ...script } = opts;
   const s: PeerScript = {
     lmtp: false,
     hostname: 'peer.test',
@@ -284,9 +291,10 @@ export async function startSmtpPeer(script: Partial<Omit<PeerScript, 'extensions
   const server: Server = createServer(session);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
+    if (path !== undefined) server.listen(path, () => resolve());
+    else server.listen(0, '127.0.0.1', () => resolve());
   });
-  const port = (server.address() as { port: number }).port;
+  const port = path !== undefined ? 0 : (server.address() as { port: number }).port;
 
   function until<T>(what: string, cond: () => T | undefined, timeoutMs: number): Promise<T> {
     const now = cond();
