@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Crash safety: kill -9 of the cleanup process mid-message never yields a 250 or a partial queue file; a
-// message acknowledged with 250 survives kill -9 of cleanup and a full restart.
+// message acknowledged with 250 survives kill -9 of cleanup and a full restart; SIGTERM drains sessions.
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -149,5 +149,29 @@ describe('kill -9 of cleanup', () => {
     assert.equal(entry.sender, 'a@example.com');
     assert.deepEqual(entry.recipients.map((r) => r.address), ['user@mx.test']);
     assert.equal(splitReceived((await readQueued(p.spool, id)).message).rest.toString(), body);
+  });
+
+  // Last: it stops the instance.
+  test('SIGTERM: an idle session gets 421 4.3.2 at once, a message in DATA is still accepted, and master exits 0', async () => {
+    const idle = await openSession(p.port);
+    const busy = await openSession(p.port);
+    try {
+      await busy.ok('MAIL FROM:<a@example.com>');
+      await busy.ok('RCPT TO:<user@mx.test>');
+      await busy.ok('DATA', 354);
+      busy.write('Subject: draining\r\n\r\n');
+      p.proc.kill('SIGTERM');
+      assert.deepEqual((await idle.readUntilClosed()).map(summary), ['421 4.3.2']);
+      busy.write('finished during the drain\r\n.\r\n');
+      const id = queueIdOf(await busy.expect(250, '2.0.0'));
+      busy.write('NOOP\r\n');
+      const rest = (await busy.readUntilClosed()).map(summary);
+      assert.equal(rest.at(-1), '421 4.3.2', rest.join(', '));
+      assert.equal(await p.exited(), 0);
+      assert.ok(queuedIds(p.spool).includes(id), 'the message finished during the drain is queued');
+    } finally {
+      idle.close();
+      busy.close();
+    }
   });
 });

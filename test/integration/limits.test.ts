@@ -11,7 +11,7 @@ import { KEEP_QUEUED, queuedIds, readQueued, splitReceived, spoolFiles } from '.
 describe('message size, recipients, errors and line length', () => {
   let p: Running;
   before(async () => {
-    p = await startPalisade({ workers: 1, smtp: 'max_message_size = 2048\nmax_recipients = 3\nmax_errors = 5', toml: KEEP_QUEUED });
+    p = await startPalisade({ workers: 1, smtp: 'max_message_size = 2048\nmax_header_size = 1024\nmax_recipients = 3\nmax_errors = 5', toml: KEEP_QUEUED });
   });
   after(async () => {
     assert.equal(await p.stop(), 0);
@@ -36,7 +36,8 @@ describe('message size, recipients, errors and line length', () => {
       await c.ok('RCPT TO:<user@mx.test>');
       await c.ok('DATA', 354);
       const line = 'y'.repeat(98) + '\r\n';
-      // 3000 bytes in lines, sent in several writes: the refusal must come once, after the final dot.
+      // 3000 bytes of body, sent in several writes: the refusal must come once, after the final dot.
+      c.write('Subject: big\r\n\r\n');
       for (let i = 0; i < 30; i++) c.write(line);
       c.write('.\r\n');
       await c.expect(552, '5.3.4');
@@ -58,10 +59,27 @@ describe('message size, recipients, errors and line length', () => {
       await c.ok('MAIL FROM:<a@example.com> SIZE=2048');
       await c.ok('RCPT TO:<user@mx.test>');
       await c.ok('DATA', 354);
-      const body = 'z'.repeat(2046) + '\r\n';
+      const head = 'Subject: exact\r\n\r\n';
+      const body = head + 'z'.repeat(2048 - head.length - 2) + '\r\n';
       c.write(body + '.\r\n');
       const r = await c.expect(250, '2.0.0');
       assert.equal(splitReceived((await readQueued(p.spool, queueIdOf(r))).message).rest.length, 2048);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('a header section over max_header_size gets 552 5.3.4 once, after the data, and nothing is queued', async () => {
+    const c = await openSession(p.port);
+    try {
+      const before = queuedIds(p.spool);
+      await c.ok('MAIL FROM:<a@example.com>');
+      await c.ok('RCPT TO:<user@mx.test>');
+      await c.ok('DATA', 354);
+      c.write(`X-Long: ${'h'.repeat(1100)}\r\n\r\nbody\r\n.\r\nNOOP\r\n`);
+      await c.expect(552, '5.3.4');
+      await c.expect(250, '2.0.0'); // the NOOP: the rest of the data was not read as commands
+      assert.deepEqual(queuedIds(p.spool), before);
     } finally {
       c.close();
     }
@@ -90,6 +108,26 @@ describe('message size, recipients, errors and line length', () => {
       c.write('BOGUS\r\nNOOP\r\n');
       const rest = await c.readUntilClosed();
       assert.deepEqual(rest.map(summary), ['500 5.5.1', '421 4.7.0']);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('a message with more than 50 Received: fields is refused as a loop with 554 5.4.6', async () => {
+    const c = await openSession(p.port);
+    try {
+      const before = queuedIds(p.spool);
+      await c.ok('MAIL FROM:<a@example.com>');
+      await c.ok('RCPT TO:<user@mx.test>');
+      await c.ok('DATA', 354);
+      c.write('Received: x\r\n'.repeat(51) + '\r\nbody\r\n.\r\n');
+      await c.expect(554, '5.4.6');
+      assert.deepEqual(queuedIds(p.spool), before);
+      await c.ok('MAIL FROM:<a@example.com>');
+      await c.ok('RCPT TO:<user@mx.test>');
+      await c.ok('DATA', 354);
+      c.write('Received: x\r\n'.repeat(50) + '\r\nbody\r\n.\r\n');
+      await c.expect(250, '2.0.0'); // exactly max_received_headers (50) is still fine
     } finally {
       c.close();
     }

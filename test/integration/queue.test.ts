@@ -37,8 +37,9 @@ describe('queued messages', () => {
   test('after 250 the message is a file in <spool>/incoming/<ID> (or already taken on by qmgr) and "queue show ID" lists its sender and recipients', async () => {
     const id = await send('MAIL FROM:<sender@example.com>', ['RCPT TO:<one@mx.test>', 'RCPT TO:<two@mx.test>'], 'Subject: q\r\n\r\nx\r\n.\r\n');
     // qmgr hears of each commit at once, so the file may have moved on from incoming/ by now; it is never lost.
+    // Checked in the order files move, so a move meanwhile may show it twice but never hides it.
     const where = ['incoming', 'active', 'deferred'].filter((d) => existsSync(join(p.spool, d, id)));
-    assert.equal(where.length, 1, `${id} is in exactly one state directory`);
+    assert.ok(where.length >= 1, `${id} is in a state directory`);
     assert.ok(!existsSync(join(p.spool, 'tmp', id)), 'nothing is left in tmp/');
     const r = await p.cli(['queue', 'show', id]);
     assert.equal(r.code, 0, r.stderr);
