@@ -140,8 +140,9 @@ async function attempt(job: DeliveryJob, msg: OutboundMessage, deps: SmtpAgentDe
         if (e instanceof OpenError && e.reply !== null) {
           lastError = `${ep.name} said: ${e.reply.code} ${e.reply.text}`;
           lastDsn = dsnOf(e.reply, 'mail');
-          // A permanent refusal of the greeting from the only host is final; otherwise try the next host.
-          if (eps.length === 1 && e.reply.code >= 500) {
+          // RFC 7504: 521/556 say the host or domain accepts no mail at all — final. Any other refusal of the
+          // greeting or EHLO may be a busy or misconfigured host: try the next one, then defer (as Postfix).
+          if (e.reply.code === 521 || e.reply.code === 556) {
             return { results: everyone(job, 'bounced', lastDsn, lastError, ep.name), destinationFailed: false };
           }
         } else {
