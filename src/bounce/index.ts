@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rfc5322Date } from '../core/date.ts';
+import { readHeaderSection } from '../queue/index.ts';
 
 /** One recipient line of a DSN. */
 export interface DsnRecipient {
@@ -114,24 +115,10 @@ export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<
       if (full) {
         for await (const c of createReadStream(d.file, { start: d.offset, end: d.offset + d.length - 1 })) yield c as Buffer;
       } else {
-        yield await headerSection(d.file, d.offset, d.length);
+        yield await readHeaderSection(d.file, d.offset, d.length);
       }
     }
     yield Buffer.from(`\r\n--${boundary}--\r\n`);
   }
   return { envelope: { sender: '', recipients: [{ address: d.sender, notify: [] }], smtputf8: /[^\x00-\x7f]/.test(d.sender), client: { ip: '127.0.0.1', port: 0, helo: 'localhost', protocol: 'local' } }, parts: parts() };
-}
-
-// Reads the header section of the message (up to the first empty line), at most 1 MiB.
-async function headerSection(file: string, offset: number, length: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const c of createReadStream(file, { start: offset, end: offset + Math.min(length, 1 << 20) - 1 })) {
-    chunks.push(c as Buffer);
-    total += (c as Buffer).length;
-    const all = Buffer.concat(chunks, total);
-    const end = all.indexOf('\r\n\r\n');
-    if (end >= 0) return all.subarray(0, end + 2);
-  }
-  return Buffer.concat(chunks, total);
 }

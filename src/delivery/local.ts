@@ -11,6 +11,7 @@ import { parseMailbox, mailboxToString } from '../core/address.ts';
 import type { AliasEntry } from '../lookup/index.ts';
 import type { LookupTable } from '../lookup/index.ts';
 import { messageChunks } from './message.ts';
+import { readHeaderSection } from '../queue/index.ts';
 import type { OutboundMessage } from './session.ts';
 
 // Alias expansion stops at this depth (loops that are not exact cycles end here).
@@ -118,11 +119,18 @@ export async function deliverMaildir(deps: LocalDeps, user: string, prefix: stri
 /** Delivers a job locally; one result per recipient. */
 export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps: LocalDeps): Promise<JobResult> {
   const results: RecipientResult[] = [];
+  // Delivered-To: fields this message already carries: delivering to one of them again is a loop.
+  const head = msg.length > 0 ? (await readHeaderSection(msg.file, msg.offset, msg.length)).toString('latin1') : '';
+  const deliveredTo = new Set([...head.matchAll(/^Delivered-To:[ \t]*(.+?)\r?$/gim)].map((m) => m[1]!.trim().toLowerCase()));
   // One copy per mailbox and per forwarding address for the whole job, however many recipients or aliases
   // lead there (aliases(5) duplicate elimination; Postfix local(8) does the same).
   const delivered = new Set<string>();
   const forwarded = new Set<string>();
   for (const r of job.recipients) {
+    if (deliveredTo.has(r.address.toLowerCase())) {
+      results.push({ index: r.index, status: 'bounced', dsn: '5.4.6', reply: `mail forwarding loop for ${r.address} (Delivered-To: already present)`, relay: 'local' });
+      continue;
+    }
     const targets = await expand(r.address, deps);
     const refused = targets.filter((t) => t.kind === 'refused') as Extract<Target, { kind: 'refused' }>[];
     const temp = refused.find((t) => t.dsn.startsWith('4'));

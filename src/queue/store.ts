@@ -3,7 +3,7 @@
 
 import { createHash, type Hash } from 'node:crypto';
 import { isAscii } from 'node:buffer';
-import { constants, promises as fsp, openSync, fsyncSync, closeSync } from 'node:fs';
+import { constants, promises as fsp, openSync, fsyncSync, closeSync, createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { DirSync } from './dirsync.ts';
 import { createIdGenerator, QUEUE_ID } from './id.ts';
@@ -202,6 +202,20 @@ export async function readQueueFile(path: string): Promise<ParsedQueueFile> {
   }
 }
 
+/** The header section of a queued message (through the empty line), at most `max` bytes. */
+export async function readHeaderSection(path: string, offset: number, length: number, max = 1 << 20): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const c of createReadStream(path, { start: offset, end: offset + Math.max(1, Math.min(length, max)) - 1 })) {
+    chunks.push(c as Buffer);
+    total += (c as Buffer).length;
+    const all = Buffer.concat(chunks, total);
+    const end = all.indexOf('\r\n\r\n');
+    if (end >= 0) return all.subarray(0, end + 2);
+  }
+  return Buffer.concat(chunks, total);
+}
+
 function parseLengths(b: Buffer): { envLen: number } | null {
   const m = /^L (\d{10}) /.exec(b.subarray(MAGIC.length, HEADER_SIZE).toString('latin1'));
   return m === null ? null : { envLen: Number(m[1]) };
@@ -274,12 +288,19 @@ class FileWriter implements QueueWriter {
     let off = 0;
     while (off < bufs.length) {
       // writev takes at most IOV_MAX (1024) buffers per call.
-      const slice = bufs.slice(off, off + 1000);
-      const { bytesWritten } = await fh.writev(slice);
-      const want = slice.reduce((n, b) => n + b.length, 0);
-      invariant(bytesWritten === want, 'short writev');
-      this.written += bytesWritten;
+      let slice = bufs.slice(off, off + 1000);
       off += slice.length;
+      let left = slice.reduce((n, b) => n + b.length, 0);
+      for (;;) {
+        const { bytesWritten } = await fh.writev(slice);
+        this.written += bytesWritten;
+        left -= bytesWritten;
+        if (left === 0) break;
+        // A short write is not a bug: a filling disk writes what fits, and writing the rest then fails
+        // with the real error (ENOSPC), which the caller turns into 451 4.3.0.
+        invariant(bytesWritten > 0, 'writev made no progress');
+        slice = skipBytes(slice, bytesWritten);
+      }
     }
   }
 
@@ -321,6 +342,19 @@ class FileWriter implements QueueWriter {
 }
 
 const LENGTHS_SIZE_BYTES = HEADER_SIZE - MAGIC.length;
+
+// The buffers left after the first `n` bytes of `bufs` (after a short write).
+function skipBytes(bufs: readonly Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) n -= b.length;
+    else {
+      out.push(n > 0 ? b.subarray(n) : b);
+      n = 0;
+    }
+  }
+  return out;
+}
 
 /** Synchronous fsync of a directory (used at start-up only). */
 export function fsyncDirSync(path: string): void {
