@@ -120,8 +120,14 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           // No fsync needed: after a crash the file is in one directory or the other, never lost.
           await fsp.rename(store.path(from, id), store.path('active', id));
         } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-          throw e;
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          // Not in `from`. Usually a stale scan entry for a message handled meanwhile (leave it alone). But a
+          // round that failed midway (finishRound's catch) leaves the file in active/ while it is tracked as
+          // deferred: nobody else owns it (we hold its `loading` slot), so take it from there instead of
+          // retrying the rename forever.
+          const where = await store.locate(id);
+          if (where === null) deferred.delete(id);
+          if (where !== 'active') return;
         }
       }
       let q;
