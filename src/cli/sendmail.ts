@@ -91,20 +91,28 @@ function readStdin(limit: number): Promise<Buffer | null> {
   });
 }
 
-/** Splits a message into header lines and body, with every line end made CRLF. */
+// RFC 5322 §2.2: a field name is printable ASCII except ":", then ":".
+const FIELD = /^[\x21-\x39\x3b-\x7e]+:/;
+
+/**
+ * Splits a message into header lines and body, with every line end made CRLF. The header section ends at the
+ * first empty line (kept at the start of the body) or, as in Postfix's sendmail, at the first line that is not a
+ * header field, which then starts the body: `echo text | sendmail user` keeps "text" as the body.
+ */
 function normalize(raw: Buffer): { headers: string[]; body: Buffer } {
   const text = raw.toString('latin1').replace(/\r?\n/g, '\r\n').replace(/\r(?!\n)/g, '\r\n');
   const withEnd = text.endsWith('\r\n') || text === '' ? text : text + '\r\n';
-  const sep = withEnd.startsWith('\r\n') ? 0 : withEnd.indexOf('\r\n\r\n');
-  const headText = sep < 0 ? withEnd : withEnd.slice(0, sep === 0 ? 0 : sep + 2);
-  const body = sep < 0 ? '' : withEnd.slice(sep === 0 ? 0 : sep + 2);
   const headers: string[] = [];
-  for (const line of headText.split('\r\n')) {
-    if (line === '') continue;
+  let pos = 0;
+  while (pos < withEnd.length) {
+    const eol = withEnd.indexOf('\r\n', pos);
+    const line = withEnd.slice(pos, eol);
     if ((line.startsWith(' ') || line.startsWith('\t')) && headers.length > 0) headers[headers.length - 1] += '\r\n' + line;
-    else headers.push(line);
+    else if (FIELD.test(line)) headers.push(line);
+    else break;
+    pos = eol + 2;
   }
-  return { headers, body: Buffer.from(body, 'latin1') };
+  return { headers, body: Buffer.from(withEnd.slice(pos), 'latin1') };
 }
 
 function headerName(h: string): string {

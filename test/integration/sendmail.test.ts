@@ -57,6 +57,23 @@ describe('sendmail with Palisade running', () => {
     assert.match(text, /^From: .*bounces@example\.com/m);
   });
 
+  test('a message without header fields (echo text | sendmail user) keeps its text as the body', async () => {
+    const r = await sendmail(['frank@mx.test'], 'hello world\nsecond: line\n');
+    assert.equal(r.code, 0, r.stderr);
+    const q = await readQueued(p.spool, r.added[0]!);
+    const text = q.message.toString('utf8');
+    assert.ok(text.endsWith('\r\n\r\nhello world\r\nsecond: line\r\n'), JSON.stringify(text));
+    assert.match(text, /^From: /m);
+  });
+
+  test('the header section ends at the first line that is not a header field', async () => {
+    const r = await sendmail(['frank@mx.test'], 'Subject: partly\nnot a field\nX-Late: 1\n');
+    assert.equal(r.code, 0, r.stderr);
+    const text = (await readQueued(p.spool, r.added[0]!)).message.toString('utf8');
+    assert.match(text, /^Subject: partly\r\n/m);
+    assert.ok(text.endsWith('\r\n\r\nnot a field\r\nX-Late: 1\r\n'), JSON.stringify(text));
+  });
+
   test('no recipients (no arguments, no -t) exits 64 and queues nothing', async () => {
     const r = await sendmail([], 'Subject: nobody\n\nbody\n');
     assert.equal(r.code, 64, r.stderr);
