@@ -21,6 +21,9 @@ import { Supervised } from './children.ts';
 import { ensureIdentities, secureSpool, type Identities } from './privilege.ts';
 
 
+// How long a worker replaced by a reload may keep serving the sessions it already has.
+const RETIRE_MS = 60 * 60_000;
+
 /** What master needs from outside. */
 export interface MasterDeps {
   readonly log: Logger;
@@ -84,7 +87,12 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(p.host, p.port, family);
     if (typeof h === 'number') throw new StartError(`cannot bind smtp listener ${addr}: ${errnoName(h)}`, EXIT.unavailable);
     const out: { address?: string; port?: number } = {};
-    (h as { getsockname(o: object): number }).getsockname(out);
+    // libuv reports a failed bind (EADDRINUSE) only later: an unbound socket has no name.
+    const rc = (h as { getsockname(o: object): number }).getsockname(out);
+    if (rc !== 0 || out.port === undefined) {
+      (h as { close(): void }).close();
+      throw new StartError(`cannot bind smtp listener ${addr}: ${errnoName(rc)}`, EXIT.unavailable);
+    }
     handles.push({ name: 'smtp', display: family === 6 ? `[${out.address}]:${out.port}` : `${out.address}:${out.port}`, handle: h });
   }
 
@@ -113,7 +121,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   // Shared state the smtpd workers need at every MAIL: stress mode and a spool short of space.
   const flags = { stress: false, diskLow: false };
   const broadcast = () => {
-    for (const w of generation) if (w.sup.child?.connected) w.sup.child.send({ type: 'flags', ...flags });
+    for (const w of [...generation, ...retiring]) if (w.sup.child?.connected) w.sup.child.send({ type: 'flags', ...flags });
   };
   anvil.onStress = (on) => {
     flags.stress = on;
@@ -213,6 +221,8 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   // ---- smtpd workers ----
   const workerCount = cfg.smtp.workers > 0 ? cfg.smtp.workers : Math.max(1, cpus().length);
   let generation: Worker[] = [];
+  // Workers of earlier generations (reload) finishing their sessions.
+  const retiring = new Set<Worker>();
 
   function spawnWorker(index: number, config: Config, onReady: () => void): Worker {
     const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady };
@@ -311,7 +321,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     const drainMs = parseDuration(cfg.server.drain_timeout)!;
     log.info({ event: 'stopping', reason, drain_timeout_ms: drainMs });
     clearInterval(diskTimer);
-    await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
+    await Promise.all([...generation, ...retiring].map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
     // Deliveries in flight may finish (they need cleanup for DSNs); the rest repeat after restart.
     await qmgr.stop({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
     await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 5000)));
@@ -346,7 +356,12 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       await Promise.all(Array.from({ length: workerCount }, (_, i) => new Promise<void>((r) => fresh.push(spawnWorker(i, cfg, r)))));
       generation = fresh;
       const drainMs = parseDuration(cfg.server.drain_timeout)!;
-      void Promise.all(old.map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
+      // Established sessions are not dropped (as Postfix's reload): the old workers stop listening and exit
+      // once their clients are done; only a session still there after RETIRE_MS is drained.
+      for (const w of old) {
+        retiring.add(w);
+        void w.sup.stop({ type: 'retire', deadlineMs: RETIRE_MS, drainMs }, RETIRE_MS + drainMs + 5000).then(() => retiring.delete(w));
+      }
       cleanup.child?.send({ type: 'config', config: cfg });
       // qmgr and the delivery agents start over with the new config: qmgr lets its deliveries finish,
       // then the (now idle) agents are replaced; the new qmgr picks the queue up from disk.

@@ -52,12 +52,8 @@ describe('palisade CLI against a running instance', () => {
     assert.match(r.stderr, /usage/i);
   });
 
-  // Known bug, src/master/index.ts (not ours to edit): libuv defers EADDRINUSE from bind() to listen(), so
-  // _createServerHandle "succeeds", getsockname's -98 is ignored, and the workers' listen() on the unbound socket
-  // binds a random port on 0.0.0.0. Remove `todo` once master checks getsockname's (or listen's) return code.
-  test('a second instance on a port already taken exits 69 and names the listener', {
-    todo: 'master ignores the EADDRINUSE that libuv defers from bind() to listen() (src/master/index.ts)',
-  }, async () => {
+  // libuv defers EADDRINUSE from bind() to listen(): master must notice the unbound socket itself.
+  test('a second instance on a port already taken exits 69 and names the listener', async () => {
     const s = scratch();
     try {
       const taken = `127.0.0.1:${p.port}`;
