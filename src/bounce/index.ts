@@ -45,6 +45,15 @@ export const RETURN_FULL_LIMIT = 100_000;
 // Never return more than this, whatever RET says.
 const RETURN_HARD_LIMIT = 10_000_000;
 
+// "mx.example.org[192.0.2.1]:25" → "mx.example.org"; "192.0.2.1:25" → "192.0.2.1"; "[::1]:25" → "::1".
+function remoteHost(relay: string): string {
+  const named = /^([^\[\]:]+)\[/.exec(relay);
+  if (named) return named[1]!;
+  const v6 = /^\[([^\]]+)\]/.exec(relay);
+  if (v6) return v6[1]!;
+  return relay.replace(/:\d+$/, '');
+}
+
 /** The envelope and bytes of a DSN ready for cleanup. null when none may be sent (null sender). */
 export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<Buffer> } | null {
   if (d.sender === '') return null; // RFC 3461 §6.2 / RFC 5321 §4.5.5: never a bounce for a bounce
@@ -95,7 +104,7 @@ export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<
       ...(r.orcpt ? [`Original-Recipient: ${r.orcpt.replace(';', '; ')}`] : []),
       `Action: ${r.action}`,
       `Status: ${r.status}`,
-      ...(r.remoteMta ? [`Remote-MTA: dns; ${r.remoteMta.replace(/\[.*$/, '') || r.remoteMta}`] : []),
+      ...(r.remoteMta ? [`Remote-MTA: dns; ${remoteHost(r.remoteMta)}`] : []),
       `Diagnostic-Code: ${/^\d{3} /.test(r.diagnostic) ? 'smtp' : 'x-palisade'}; ${r.diagnostic.replace(/[\r\n]+/g, ' ')}`,
       `Last-Attempt-Date: ${rfc5322Date(r.lastAttempt)}`,
       ...(r.willRetryUntil ? [`Will-Retry-Until: ${rfc5322Date(r.willRetryUntil)}`] : []),

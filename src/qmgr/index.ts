@@ -421,6 +421,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           log.warn({ event: 'double-bounce', qid: m.id, note: 'undeliverable message from <>; kept in hold for the postmaster' });
           m.pendingAction = 'hold';
           for (const r of failed) r.status = 'deferred';
+          // The file must say so too, or a release would find them final and drop the message unretried.
+          await appendRecords(m, failed.map((r) => ({ rcpt: m.rcpts.indexOf(r), state: 'deferred' as const, dsn: r.dsn, reply: r.reply, at: new Date(r.at || t).toISOString() })));
         }
         continue;
       }

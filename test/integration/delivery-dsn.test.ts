@@ -147,6 +147,12 @@ describe('delivery status notifications', () => {
     assert.equal(e?.sender, '');
     assert.equal(p.logs().filter((l) => l.event === 'dsn').length, dsnsBefore, 'no DSN was injected');
     assert.ok(p.logs().some((l) => l.event === 'double-bounce' && l.qid === qid));
+    // The postmaster can look and retry: the held recipient is not final, so a release tries it again.
+    assert.equal((e as unknown as { recipients: { state: string }[] }).recipients[0]!.state, 'deferred');
+    const attempts = () => p.logs().filter((l) => l.event === 'delivery' && l.qid === qid).length;
+    const before = attempts();
+    assert.equal((await p.cli(['queue', 'release', qid])).code, 0);
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && attempts() > before);
   });
 
   test('a failure DSN travels to the sender\'s next hop from <> with NOTIFY=NEVER', async () => {
