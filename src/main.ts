@@ -130,7 +130,7 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     },
   };
   const smtpd = createSmtpd({ log, gate, cleanupPath: init.cleanupPath! }, cfg);
-  process.on('message', (m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean }, handle?: unknown) => {
+  process.on('message', (m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean }, handle?: unknown) => {
     switch (m.type) {
       case 'message': {
         const w = msgWaiting.get(m.id!);
@@ -159,6 +159,9 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       }
       case 'drain':
         void smtpd.drain(m.deadlineMs ?? 0).then(() => process.exit(0));
+        return;
+      case 'retire':
+        void smtpd.retire(m.deadlineMs ?? 0, m.drainMs ?? 0).then(() => process.exit(0));
         return;
     }
   });

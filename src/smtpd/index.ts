@@ -38,6 +38,11 @@ export interface Smtpd {
   attach(server: Server): void;
   /** Stops taking connections; ends idle sessions now and the rest by `deadlineMs`. Resolves when all are gone. */
   drain(deadlineMs: number): Promise<void>;
+  /**
+   * Reload: stops taking connections and resolves once every session has ended on its own (nobody is told to
+   * go); a session still open after `deadlineMs` is drained like drain(drainMs).
+   */
+  retire(deadlineMs: number, drainMs: number): Promise<void>;
   readonly sessions: number;
 }
 
@@ -77,6 +82,7 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
   const servers: Server[] = [];
   let draining = false;
   let drained: (() => void) | null = null;
+  let idle: (() => void) | null = null;
 
   function onConnection(sock: Socket): void {
     if (draining) {
@@ -90,6 +96,7 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
     conn.onClose = () => {
       conns.delete(conn);
       if (admitted) deps.gate.release(ip);
+      if (conns.size === 0) idle?.();
       if (draining && conns.size === 0) drained?.();
     };
     deps.gate.admit(ip, trusted.has(ip)).then(
@@ -111,26 +118,39 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
     );
   }
 
+  function drain(deadlineMs: number): Promise<void> {
+    draining = true;
+    for (const s of servers) s.close();
+    if (conns.size === 0) return Promise.resolve();
+    for (const c of conns) c.shutdown(false);
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        for (const c of conns) c.shutdown(true);
+        setTimeout(resolve, 200);
+      }, deadlineMs);
+      drained = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      if (conns.size === 0) drained();
+    });
+  }
+
   return {
     attach(server: Server): void {
       servers.push(server);
       server.on('connection', onConnection);
     },
-    drain(deadlineMs: number): Promise<void> {
-      draining = true;
+    drain,
+    retire(deadlineMs: number, drainMs: number): Promise<void> {
       for (const s of servers) s.close();
       if (conns.size === 0) return Promise.resolve();
-      for (const c of conns) c.shutdown(false);
       return new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          for (const c of conns) c.shutdown(true);
-          setTimeout(resolve, 200);
-        }, deadlineMs);
-        drained = () => {
+        const timer = setTimeout(() => void drain(drainMs).then(resolve), deadlineMs);
+        idle = () => {
           clearTimeout(timer);
           resolve();
         };
-        if (conns.size === 0) drained();
       });
     },
     get sessions() {
