@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: MIT
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FrameDecoder, encodeJson, type Frame } from '../ipc/index.ts';
+import { CleanupTransaction } from './cleanup-client.ts';
+import type { Envelope } from '../core/envelope.ts';
+
+const ENVELOPE: Envelope = {
+  sender: 'a@example.com',
+  recipients: [{ address: 'b@example.org' }],
+  smtputf8: false,
+  client: { ip: '127.0.0.1', port: 1, helo: 'client.test', protocol: 'ESMTP' },
+};
+
+/** A fake cleanup on a Unix socket: records every frame of one connection, answers {ok} after "end". */
+async function fakeCleanup(): Promise<{ path: string; frames: Promise<Frame[]>; close(): void }> {
+  const dir = mkdtempSync(join(tmpdir(), 'palisade-cc-'));
+  const path = join(dir, 'cleanup');
+  let resolve!: (f: Frame[]) => void;
+  const frames = new Promise<Frame[]>((r) => (resolve = r));
+  const server: Server = createServer((sock) => {
+    const dec = new FrameDecoder();
+    const got: Frame[] = [];
+    sock.on('data', (c: Buffer) => {
+      for (const f of dec.push(c)) {
+        got.push(f);
+        if (f.kind === 'end') {
+          sock.end(encodeJson({ ok: true, qid: '0123456789ABCDEF' }));
+          resolve(got);
+        }
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return { path, frames, close: () => { server.close(); rmSync(dir, { recursive: true, force: true }); } };
+}
+
+test('sends the lines handed over in one write as a single data frame, bytes in order', async () => {
+  const c = await fakeCleanup();
+  try {
+    const tx = new CleanupTransaction(c.path, ENVELOPE);
+    const lines = Array.from({ length: 1280 }, (_, i) => Buffer.from(`${i % 10}${'X'.repeat(77)}\r\n`));
+    tx.write(lines);
+    tx.write([Buffer.from('last\r\n')]);
+    const r = await tx.end();
+    assert.deepEqual(r, { ok: true, qid: '0123456789ABCDEF' });
+    const frames = await c.frames;
+    assert.deepEqual(frames.map((f) => f.kind), ['json', 'data', 'data', 'end']);
+    assert.equal(frames[1]!.payload.length, 1280 * 80);
+    assert.ok(Buffer.concat([frames[1]!.payload, frames[2]!.payload]).equals(Buffer.concat([...lines, Buffer.from('last\r\n')])));
+  } finally {
+    c.close();
+  }
+});
