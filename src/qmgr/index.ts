@@ -293,21 +293,20 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     m.unsaved.push(...lines);
     if (m.inFlight > 0) return;
     if (!finished || m.rcpts.some((r) => r.status === 'bounced' || (r.status === 'sent' && wants(r, 'SUCCESS')))) {
-      await appendRecords(m, m.unsaved);
+      try {
+        await appendRecords(m, m.unsaved);
+      } catch (e) {
+        // (A full disk.) The round must still finish, or the message would stay in active/ untried until qmgr
+        // restarts; without these records a recipient may be tried again, never lost.
+        log.error({ event: 'qmgr-error', qid: m.id, err: (e as Error).message });
+      }
     }
     m.unsaved = [];
     await finishRound(m);
   }
 
-  async function appendRecords(m: Msg, recs: readonly StateRecord[]): Promise<void> {
-    if (recs.length === 0) return;
-    const fh = await fsp.open(store.path(m.state, m.id), 'a');
-    try {
-      await fh.write(recs.map((r) => `R ${JSON.stringify(r)}\n`).join(''));
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
+  function appendRecords(m: Msg, recs: readonly StateRecord[]): Promise<void> {
+    return store.appendStates(m.state, m.id, recs);
   }
 
   function wants(r: Rcpt, what: Notify): boolean {

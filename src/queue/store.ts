@@ -100,10 +100,24 @@ export class QueueStore {
   }
 
   /** Appends a state record with fdatasync (the file is otherwise never rewritten after commit). */
-  async appendState(state: MessageState, id: string, rec: StateRecord): Promise<void> {
+  appendState(state: MessageState, id: string, rec: StateRecord): Promise<void> {
+    return this.appendStates(state, id, [rec]);
+  }
+
+  /** Appends state records with one write and one fdatasync; on a short write nothing is kept (and it throws). */
+  async appendStates(state: MessageState, id: string, recs: readonly StateRecord[]): Promise<void> {
+    if (recs.length === 0) return;
+    const buf = Buffer.from(recs.map(stateLine).join(''), 'utf8');
     const fh = await fsp.open(this.path(state, id), 'a');
     try {
-      await fh.write(stateLine(rec));
+      const { size } = await fh.stat();
+      const { bytesWritten } = await fh.write(buf);
+      if (bytesWritten !== buf.length) {
+        // A full disk writes what fits. A torn record left in place would have the next append run on from it
+        // (one unparsable line: the whole file reads as corrupt), so take it back and fail like ENOSPC.
+        await fh.truncate(size);
+        throw Object.assign(new Error(`short write appending a state record (${bytesWritten} of ${buf.length} bytes)`), { code: 'ENOSPC' });
+      }
       await fh.datasync();
     } finally {
       await fh.close();
@@ -144,24 +158,28 @@ export class QueueStore {
 
   /** Lists messages in the given states, oldest first, with per-recipient state. Unreadable files are skipped. */
   async list(states: readonly MessageState[] = ['incoming', 'active', 'deferred', 'hold']): Promise<QueueEntry[]> {
-    const out: QueueEntry[] = [];
-    for (const s of states) {
-      let names: string[];
-      try {
-        names = await fsp.readdir(this.path(s));
-      } catch {
-        continue;
-      }
-      for (const id of names) {
-        if (!QUEUE_ID.test(id)) continue;
+    const seen = new Map<string, QueueEntry>();
+    // Two passes: a message qmgr moves into a directory already scanned (deferred → active on a retry) is not
+    // in the one scanned after it either; the second pass finds it where it went.
+    for (let pass = 0; pass < 2; pass++) {
+      for (const s of states) {
+        let names: string[];
         try {
-          out.push(toEntry(id, s, await this.read(s, id)));
+          names = await fsp.readdir(this.path(s));
         } catch {
-          /* moved or removed meanwhile, or corrupt: not listed */
+          continue;
+        }
+        for (const id of names) {
+          if (!QUEUE_ID.test(id) || seen.has(id)) continue;
+          try {
+            seen.set(id, toEntry(id, s, await this.read(s, id)));
+          } catch {
+            /* moved or removed meanwhile, or corrupt: not listed */
+          }
         }
       }
     }
-    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return [...seen.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
   /** One message, wherever it is; null when unknown. */

@@ -7,7 +7,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startPalisade, waitFor, type Running } from '../support/palisade.ts';
@@ -156,8 +156,8 @@ describe('min_free_space = 1 MB on a 4 MB spool file system', { skip: SKIP }, ()
     const list = await p.cli(['queue', 'list', '--json']);
     assert.equal(list.code, 0, list.stderr);
     const listed = JSON.parse(list.stdout) as { id: string; recipients: { address: string; state: string }[] }[];
-    assert.deepEqual(listed.map((m) => m.id).sort(), [...ids].sort());
-    for (const m of listed) assert.equal(m.recipients[0]!.state, 'deferred');
+    assert.deepEqual(listed.map((m) => m.id).sort(), [...ids].sort(), list.stdout);
+    for (const m of listed) assert.equal(m.recipients[0]!.state, 'deferred', list.stdout);
     for (const [i, id] of ids.entries()) {
       const q = await readQueued(p.spool, id);
       assert.ok(q.message.toString('latin1').endsWith(message(i === 0 ? 'disk-a' : 'disk-b')));
@@ -216,10 +216,104 @@ describe('ENOSPC in the middle of a message (min_free_space = 0)', { skip: SKIP 
     assert.deepEqual(queuedIds(p.spool), [earlier.qid]);
     const q = await readQueued(p.spool, earlier.qid!);
     assert.ok(q.message.toString('latin1').endsWith(message('before-enospc')));
-    assert.ok(p.logs().some((l) => l.event === 'write-error' && String(l.err).includes('ENOSPC')), 'cleanup logs the ENOSPC');
+    await p.waitLog((l) => l.event === 'write-error' && String(l.err).includes('ENOSPC'), 5000); // cleanup logs the ENOSPC
     // The space is returned with the partial file, so a small message fits again at once.
     rmSync(filler);
     const after = await send(p.port, 'user@mx.test', message('after-enospc'));
     assert.equal(after.code, '250 2.0.0');
   });
 });
+
+describe('a full disk while qmgr appends a state record (min_free_space = 0)', { skip: SKIP }, () => {
+  let fs: ReturnType<typeof tmpfsDir>;
+  let peer: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    fs = tmpfsDir('4m');
+    peer = await startSmtpPeer({ tempfailRcpt: 1_000_000 });
+    p = await startPalisade({
+      dir: fs.dir,
+      workers: 1,
+      toml: `[transport]\n"*" = "smtp:[127.0.0.1]:${peer.port}"\n` +
+        '[queue]\nmin_free_space = 0\nretry_min = "1s"\nretry_max = "1s"\nscan_interval = "200ms"\n' +
+        '[delivery]\nworkers = 1\nconnect_timeout = "2s"\ntimeout = "5s"\n',
+    });
+  });
+  after(async () => {
+    try {
+      await p?.stop();
+      await peer?.close();
+    } finally {
+      fs.cleanup();
+    }
+  });
+
+  test('a record torn by the full disk does not make the message corrupt once space returns: it is still delivered', async (t) => {
+    // Padded so the file nears its first page boundary after a round or two (a round adds ~260 bytes).
+    const r = await send(p.port, 'torn@remote.test', message('torn') + `${'p'.repeat(70)}\r\n`.repeat(40));
+    assert.equal(r.code, '250 2.0.0');
+    const qid = r.qid!;
+    const size = () => {
+      for (const d of ['incoming', 'deferred', 'active']) {
+        try {
+          return statSync(join(p.spool, d, qid)).size;
+        } catch { /* moved meanwhile */ }
+      }
+      return -1;
+    };
+    // Each deferred round appends records to the file. Wait until the next round's records must cross a page
+    // boundary, then take every free page: tmpfs writes what fits in the current page and returns short.
+    let last = size();
+    let growth = 0;
+    const filler = join(fs.dataDir, 'filler');
+    await waitFor('a round about to cross a page boundary', () => {
+      const s = size();
+      if (last === -1) last = s;
+      else if (s > last) {
+        growth = s - last;
+        last = s;
+        const room = 4096 - (s % 4096);
+        if (room < growth && room > 40) return true;
+      }
+      return undefined;
+    }, 60_000);
+    fillCompletely(filler);
+    const before = size();
+    t.diagnostic(`file ${before} bytes, ${4096 - (before % 4096)} left in its last page, a round adds ${growth}`);
+    // The append runs out of space: a torn record at the page end, or (refused and taken back) a qmgr-error.
+    await waitFor('an append on the full disk', () => (size() % 4096 === 0 || p.logs().some((l) => l.event === 'qmgr-error' && l.qid === qid) ? true : undefined), 5000);
+    await sleep(1500); // another round on the full disk
+    rmSync(filler);
+    // One more deferred round on a healthy disk appends after the torn record; then the peer accepts.
+    const deferralsBefore = p.logs().filter((l) => l.event === 'delivery' && l.qid === qid && l.status === 'deferred').length;
+    const corrupt = () => spoolFiles(p.spool, 'corrupt').length > 0;
+    await waitFor('two deferrals after the space returned', () => (corrupt() || p.logs().filter((l) => l.event === 'delivery' && l.qid === qid && l.status === 'deferred').length > deferralsBefore + 1 ? true : undefined), 10_000);
+    assert.deepEqual(spoolFiles(p.spool, 'corrupt'), [], 'the file stays readable after the append that follows');
+    peer.script.tempfailRcpt = 0;
+    await waitFor('delivery or corruption', () => (peer.messages.length > 0 || spoolFiles(p.spool, 'corrupt').length > 0 ? true : undefined), 15_000);
+    assert.deepEqual(spoolFiles(p.spool, 'corrupt'), [], 'nothing in corrupt/');
+    assert.equal(peer.messages.length, 1);
+  });
+});
+
+/** Writes `path` until the file system has not a byte left. */
+function fillCompletely(path: string): void {
+  const fd = openSync(path, 'w');
+  try {
+    for (const chunk of [65536, 4096, 1]) {
+      const buf = Buffer.alloc(chunk);
+      for (;;) {
+        try {
+          if (writeSync(fd, buf) < chunk) break;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'ENOSPC') break;
+          throw e;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -81,7 +81,7 @@ describe('max_sessions = 5 under 5x the load', () => {
     } finally {
       for (const c of admitted) c.close();
     }
-    assert.ok(p.logs().some((l) => l.event === 'reject' && l.reason === 'max_sessions'), 'refusals are logged with their reason');
+    await p.waitLog((l) => l.event === 'reject' && l.reason === 'max_sessions', 5000); // refusals are logged with their reason
   });
 
   test('once the admitted clients have quit, new clients are admitted again (sessions are uncounted)', async () => {
@@ -216,7 +216,7 @@ describe('per-IP rates and the slow loris (timeout = "1s")', () => {
     } finally {
       fourth.close();
     }
-    assert.ok(p.logs().some((l) => l.event === 'reject' && l.reason === 'max_connection_rate_per_ip'));
+    await p.waitLog((l) => l.event === 'reject' && l.reason === 'max_connection_rate_per_ip', 5000);
     // The rate is per address: 127.0.0.2 (still loopback) has its own count.
     const other = await rawGreeting(p.port, '127.0.0.2');
     assert.match(other, /^220 /);

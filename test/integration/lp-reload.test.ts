@@ -120,7 +120,7 @@ describe('reload while 5 sessions send', () => {
     t.diagnostic(`acked ${acked.size} during two reloads`);
     assert.deepEqual(failures, []);
     assert.ok(acked.size >= 10, `mail flowed (${acked.size})`);
-    assert.equal(p.logs().filter((l) => l.event === 'reloaded').length, 2);
+    await waitFor('two reloaded lines', () => (p.logs().filter((l) => l.event === 'reloaded').length === 2 ? true : undefined), 5000);
     assert.equal(await advertisedSize(p.port), 2000000, 'new sessions get the reloaded config');
     await allDelivered(acked);
   });
