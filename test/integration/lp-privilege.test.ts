@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ROOT, childProcesses, startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf } from '../support/smtp-client.ts';
 import { waitMaildir } from '../support/mailbox.ts';
@@ -85,6 +85,11 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
   let queuedId: string;
   let queuedFile: string;
   before(async () => {
+    // The children read the code as the service users: a checkout they cannot reach (say under a 0700 /root)
+    // fails every start, so say so plainly.
+    for (let d = ROOT; d !== dirname(d); d = dirname(d)) {
+      assert.ok((statSync(d).mode & 0o001) !== 0, `${d} must be searchable by other users for the service users to read the code`);
+    }
     // The service users must traverse the test directory to reach the spool (mkdtemp makes it 0700).
     dir = mkdtempSync(join(tmpdir(), 'palisade-lp-priv-'));
     chmodSync(dir, 0o755);
