@@ -83,27 +83,5 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Polls `cond` every 50 ms until it returns a value other than undefined; throws after `timeoutMs`. */
-export async function waitFor<T>(what: string, cond: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await cond();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timeout waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-/** Direct children of `pid` with their command lines (from ps). */
-export function childrenOf(pid: number): { pid: number; args: string }[] {
-  let out: string;
-  try {
-    out = execFileSync('ps', ['--ppid', String(pid), '-o', 'pid=,args='], { encoding: 'utf8' });
-  } catch {
-    return []; // ps exits 1 when there is none
-  }
-  return out.split('\n').filter((l) => l.trim() !== '').map((l) => {
-    const m = /^\s*(\d+)\s+(.*)$/.exec(l)!;
-    return { pid: Number(m[1]), args: m[2]! };
-  });
-}
+// One implementation of each, shared with the integration harness.
+export { waitFor, childProcesses as childrenOf } from './palisade.ts';

@@ -8,47 +8,17 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPalisade } from '../../support/palisade.ts';
 import {
-  parkingTransport, readQueued, removeDir, requirePeers, runPeer, skipWithoutPeers, splitReceived, startParkingHop, tempDir,
+  parkingTransport, readQueued, removeDir, requirePeers, skipWithoutPeers, splitReceived, startParkingHop, tempDir,
 } from '../../support/peers.ts';
+import { SWAKS, swaks as runSwaks, unstuff } from '../../support/swaks.ts';
 
-const SWAKS = '/usr/bin/swaks';
 const skip = skipWithoutPeers(SWAKS);
 
 /** Runs swaks against Palisade; returns the queue ID and the DATA bytes swaks sent (as on the wire, stuffed). */
-async function swaks(port: number, extra: string[]): Promise<{ qid: string; wire: Buffer; transcript: string }> {
-  const r = await runPeer(SWAKS, [
-    '--server', '127.0.0.1', '--port', String(port), '--helo', 'client.test',
-    '--from', 'sender@example.com', '--to', 'rcpt@remote.test', '--timeout', '20', ...extra,
-  ], { timeoutMs: 30_000 });
-  assert.equal(r.code, 0, `swaks failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
-  const transcript = r.stdout;
-  const qid = /^<- {1,2}250 2\.0\.0 Ok: queued as ([0-9A-Z]{16})$/m.exec(transcript)?.[1];
-  assert.ok(qid !== undefined, `no "queued as" reply in the swaks transcript:\n${transcript}`);
-  // Client lines are " -> LINE"; the message is every client line between the 354 reply and the lone ".".
-  const lines = transcript.split(/\r?\n/);
-  const start = lines.findIndex((l) => /^<- {1,2}354 /.test(l));
-  assert.ok(start >= 0, 'no 354 in the swaks transcript');
-  const data: string[] = [];
-  let ended = false;
-  for (const l of lines.slice(start + 1)) {
-    if (!l.startsWith(' -> ')) continue;
-    const line = l.slice(4);
-    if (line === '.') {
-      ended = true;
-      break;
-    }
-    data.push(line);
-  }
-  assert.ok(ended, 'no end-of-data line in the swaks transcript');
-  return { qid, wire: Buffer.from(data.map((l) => l + '\r\n').join(''), 'utf8'), transcript };
+function swaks(port: number, extra: string[]): ReturnType<typeof runSwaks> {
+  return runSwaks(port, ['--from', 'sender@example.com', '--to', 'rcpt@remote.test', ...extra]);
 }
 
-/** RFC 5321 §4.5.2: the receiver removes one leading dot from every line that starts with one. */
-function unstuff(wire: Buffer): Buffer {
-  return Buffer.from(wire.toString('utf8').replace(/^\./gm, ''), 'utf8');
-}
-
-/** Asserts the Received: field Palisade added: client HELO and IP, our name, ESMTP, the queue ID, the recipient. */
 function assertReceived(received: string, qid: string): void {
   assert.match(received, /^Received: from client\.test \(\[127\.0\.0\.1\]\)\r\n\tby mx\.test \(Palisade\) with ESMTP id ([0-9A-Z]{16})\r\n\tfor <rcpt@remote\.test>;\r\n\t[A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} \+0000\r\n$/);
   assert.equal(/ id ([0-9A-Z]{16})/.exec(received)![1], qid, 'Received: names the queue ID of the 250 reply');
