@@ -2,7 +2,6 @@
 // Loopback helpers for tests that start real peers on fixed ports: pick a free port, wait for a greeting,
 // stop a process by its own PID, poll for a condition, list a process's children.
 
-import { execFileSync } from 'node:child_process';
 import { connect, createServer } from 'node:net';
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (for peers that cannot listen on port 0). */
