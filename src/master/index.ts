@@ -310,7 +310,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 
   writeFileSync(pidFile, `${process.pid}\n`);
   const control = await serveControl(controlPath, ids, (cmd) => handleControl(cmd));
-  log.info({ event: 'ready', listeners: { smtp: handles.map((h) => h.display) }, workers: workerCount, queue: cfg.queue.dir });
+  log.child({}, { level: 'info' }).info({ event: 'ready', listeners: { smtp: handles.map((h) => h.display) }, workers: workerCount, queue: cfg.queue.dir });
 
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => (resolveDone = r));
