@@ -43,15 +43,19 @@ describe('DirSync', () => {
   });
 
   test('makes a caller that arrives after an fsync started wait for a new fsync', async () => {
-    const ds = new DirSync(dir);
-    const first = ds.sync();
-    // Runs as soon as the first fsync is done, before the next one can start: the directory is gone,
-    // so only an fsync that starts after the first one finished can fail.
-    const removed = first.then(() => rmSync(dir, { recursive: true }));
-    const second = ds.sync();
-    await first;
-    await removed;
-    await assert.rejects(second, { code: 'ENOENT' });
+    // A counting fsync: each call records when it started and finished.
+    const events: string[] = [];
+    let n = 0;
+    const ds = new DirSync(dir, async () => {
+      const k = ++n;
+      events.push(`start ${k}`);
+      await new Promise((r) => setTimeout(r, 5));
+      events.push(`end ${k}`);
+    });
+    const first = ds.sync().then(() => events.push('first resolved'));
+    const second = ds.sync().then(() => events.push('second resolved'));
+    await Promise.all([first, second]);
+    assert.deepEqual(events, ['start 1', 'end 1', 'first resolved', 'start 2', 'end 2', 'second resolved']);
   });
 
   test('orders the shared fsync after the running one', async () => {
@@ -71,11 +75,29 @@ describe('DirSync', () => {
   });
 
   test('serves callers after the previous round has finished with a new fsync', async () => {
-    const ds = new DirSync(dir);
+    let n = 0;
+    const ds = new DirSync(dir, async () => {
+      n++;
+    });
     await ds.sync();
-    const again = ds.sync();
-    await again;
-    rmSync(dir, { recursive: true });
-    await assert.rejects(ds.sync(), { code: 'ENOENT' });
+    await ds.sync();
+    await ds.sync();
+    assert.equal(n, 3);
+  });
+
+  test('keeps the directory open between fsyncs and reports a failing fsync to its callers', async () => {
+    let fail = false;
+    const fds = new Set<unknown>();
+    const ds = new DirSync(dir, async (fh) => {
+      fds.add(fh);
+      if (fail) throw Object.assign(new Error('EIO'), { code: 'EIO' });
+    });
+    await ds.sync();
+    await ds.sync();
+    assert.equal(fds.size, 1, 'one descriptor for both fsyncs');
+    fail = true;
+    await assert.rejects(ds.sync(), { code: 'EIO' });
+    fail = false;
+    await ds.sync();
   });
 });

@@ -7,11 +7,14 @@ import { promises as fsp } from 'node:fs';
 /** Serialises fsyncs of one directory and lets concurrent callers share them. */
 export class DirSync {
   private readonly path: string;
+  private readonly fsyncImpl: (fh: fsp.FileHandle) => Promise<void>;
   private running: Promise<void> | null = null;
   private next: Promise<void> | null = null;
 
-  constructor(path: string) {
+  /** `fsyncImpl` lets tests observe the fsyncs; production uses fsync(2) on the thread pool. */
+  constructor(path: string, fsyncImpl: (fh: fsp.FileHandle) => Promise<void> = (fh) => fh.sync()) {
     this.path = path;
+    this.fsyncImpl = fsyncImpl;
   }
 
   /** Resolves once an fsync of the directory that began after this call has completed. */
@@ -35,13 +38,20 @@ export class DirSync {
     return this.running;
   }
 
+  // The directory stays open between fsyncs (one open and close per fsync cost as much as the fsync's CPU).
+  private fh: fsp.FileHandle | null = null;
+
   private async run(): Promise<void> {
     try {
-      const fh = await fsp.open(this.path, 'r');
+      if (this.fh === null) this.fh = await fsp.open(this.path, 'r');
+      const fh = this.fh;
       try {
-        await fh.sync();
-      } finally {
-        await fh.close();
+        await this.fsyncImpl(fh);
+      } catch (e) {
+        // A directory that was replaced (or a stale descriptor): reopen next time.
+        this.fh = null;
+        await fh.close().catch(() => {});
+        throw e;
       }
     } finally {
       this.running = null;

@@ -3,7 +3,7 @@
 
 import { createHash, type Hash } from 'node:crypto';
 import { isAscii } from 'node:buffer';
-import { constants, promises as fsp, openSync, fsyncSync, closeSync, createReadStream } from 'node:fs';
+import { constants, promises as fsp, openSync, fsyncSync, closeSync, createReadStream, writevSync, writeSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DirSync } from './dirsync.ts';
 import { createIdGenerator, QUEUE_ID } from './id.ts';
@@ -259,6 +259,9 @@ function toEntry(id: string, state: MessageState, q: ParsedQueueFile): QueueEntr
   };
 }
 
+// The writer uses synchronous writes and rename: on the page cache they take microseconds, and a hand-off to
+// libuv's thread pool per call cost more CPU (two context switches each) than the call itself. open, fsync
+// and close go through a FileHandle: Node's permission model refuses fsync on a bare descriptor.
 class FileWriter implements QueueWriter {
   readonly id: string;
   size = 0;
@@ -268,6 +271,7 @@ class FileWriter implements QueueWriter {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private fh: fsp.FileHandle | null = null;
+  private renamed = false;
   private written = 0;
   private done = false;
   private eightBit = false;
@@ -290,16 +294,14 @@ class FileWriter implements QueueWriter {
     if (this.pendingBytes >= WRITE_BATCH) await this.flush();
   }
 
-  private async open(): Promise<fsp.FileHandle> {
-    if (this.fh === null) {
-      // O_EXCL: an ID is never reused, even across writer processes.
-      this.fh = await fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-    }
-    return this.fh;
+  private async open(): Promise<number> {
+    // O_EXCL: an ID is never reused, even across writer processes.
+    if (this.fh === null) this.fh = await fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    return this.fh.fd;
   }
 
   private async flush(): Promise<void> {
-    const fh = await this.open();
+    const fd = await this.open();
     const bufs = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -310,7 +312,7 @@ class FileWriter implements QueueWriter {
       off += slice.length;
       let left = slice.reduce((n, b) => n + b.length, 0);
       for (;;) {
-        const { bytesWritten } = await fh.writev(slice);
+        const bytesWritten = writevSync(fd, slice);
         this.written += bytesWritten;
         left -= bytesWritten;
         if (left === 0) break;
@@ -328,15 +330,28 @@ class FileWriter implements QueueWriter {
     const end = Buffer.from(endRecord(this.hash.digest('hex'), this.eightBit), 'latin1');
     this.pending.push(end);
     this.pendingBytes += end.length;
+    const lengths = Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1');
     try {
-      await this.flush();
+      if (this.fh === null) {
+        // The whole message is still in memory (the common case): write it once, lengths already right.
+        this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
+        await this.flush();
+      } else {
+        await this.flush();
+        // Patch the message length into the fixed-width lengths line; the file is still private in tmp/.
+        writeSync(this.fh.fd, lengths, 0, LENGTHS_SIZE_BYTES, MAGIC.length);
+      }
       const fh = this.fh!;
-      // Patch the message length into the fixed-width lengths line; the file is still private in tmp/.
-      await fh.write(Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1'), 0, LENGTHS_SIZE_BYTES, MAGIC.length);
+      // Rename first, then fsync: the file's fsync commits its data and both directory entries in one
+      // journal transaction, so the directory fsync after it has nothing left to wait for (one disk commit
+      // per message instead of two). Readers see the whole file from the rename on (it is in the page cache);
+      // only a machine crash before the fsync could leave an incomplete incoming/ file, and such a file was
+      // never acknowledged: it fails the end-record check when read and is set aside in corrupt/.
+      renameSync(this.store.path('tmp', this.id), this.store.path('incoming', this.id));
+      this.renamed = true;
       await fh.sync();
-      await fh.close();
       this.fh = null;
-      await fsp.rename(this.store.path('tmp', this.id), this.store.path('incoming', this.id));
+      await fh.close();
       await this.store.syncDir('incoming');
     } catch (e) {
       await this.cleanupAfterFailure();
@@ -355,7 +370,8 @@ class FileWriter implements QueueWriter {
       await this.fh.close().catch(() => {});
       this.fh = null;
     }
-    await fsp.rm(this.store.path('tmp', this.id), { force: true }).catch(() => {});
+    // A failed fsync after the rename: the message must not stay queued, the client is told 4xx.
+    rmSync(this.store.path(this.renamed ? 'incoming' : 'tmp', this.id), { force: true });
   }
 }
 
