@@ -36,13 +36,10 @@ CONCS="${CONCS:-1 10 50}"; SIZES="${SIZES:-4096 102400}"; REPEAT="${REPEAT:-3}";
 QMGR_PAUSE="${QMGR_PAUSE:-1}"
 PFDIR="${PFDIR:-$BENCH_TMP/postfix}"
 PALDIR="$BENCH_TMP/palisade"
-PF="postfix -c $PFDIR/etc"
-PAL_PID=""
+BENCH_NAME=accept
+PF_HOLD=1
+. "$REPO/bench/lib-palisade.sh"
 QMGR_PID=""
-PF_STARTED=0
-
-log() { printf '[accept %s] %s\n' "$(date -u +%T)" "$*"; }
-die() { log "error: $*"; exit 1; }
 
 default_count() {   # conc size -> messages per cell (bounded so a full run takes a few minutes)
   case "$2:$1" in
@@ -51,97 +48,26 @@ default_count() {   # conc size -> messages per cell (bounded so a full run take
   esac
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-
-# ---- Palisade ------------------------------------------------------------------
-pal_config() {
-  mkdir -p "$PALDIR"
-  cat > "$PALDIR/palisade.toml" <<EOF
-[server]
-user = ""
-hostname = "mta-bench.localdomain"
-data_dir = "$PALDIR/var"
-drain_timeout = "5s"
-
-[smtp]
-listen = ["127.0.0.1:$PAL_PORT"]
-max_sessions = 500
-max_sessions_per_ip = 0
-
-[log]
-level = "warn"
-
-# Nothing leaves loopback: should the queue manager run (QMGR_PAUSE=0, or while stopping), it relays to the sink.
-[transport]
-"*" = "smtp:[127.0.0.1]:$SINK"
-EOF
-}
-# qmgr_pid -> PID of Palisade's queue manager child ("main.ts child qmgr"), empty when there is none.
-qmgr_pid() {
-  local p
-  for p in $(descendants "$PAL_PID"); do
-    [ "$p" = "$PAL_PID" ] && continue
-    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q ' child qmgr' && { echo "$p"; return 0; }
-  done
-}
 # Accept only: freeze the queue manager so committed messages stay in incoming/, as Postfix's HOLD keeps them
 # out of its active queue. Frozen, it uses no CPU; master buffers the commit notices meant for it.
-qmgr_pause() {
+# (lib-palisade.sh's pal_start / pal_stop call these hooks.)
+pal_on_start() {
   [ "$QMGR_PAUSE" = 1 ] || return 0
-  for _ in $(seq 20); do QMGR_PID=$(qmgr_pid); [ -n "$QMGR_PID" ] && break; sleep 0.1; done
+  for _ in $(seq 20); do QMGR_PID=$(pal_children qmgr | head -1); [ -n "$QMGR_PID" ] && break; sleep 0.1; done
   if [ -z "$QMGR_PID" ]; then log "no queue manager process found; nothing to pause"; return 0; fi
   kill -STOP "$QMGR_PID"
 }
-qmgr_resume() { [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID" 2>/dev/null; QMGR_PID=""; }
-pal_start() {
-  "$REPO/bin/palisade" check-config --config "$PALDIR/palisade.toml" >/dev/null || die "palisade check-config failed"
-  "$REPO/bin/palisade" start --config "$PALDIR/palisade.toml" >> "$PALDIR/palisade.log" 2>&1 &
-  PAL_PID=$!
-  wait_port "$PAL_PORT" || { tail -20 "$PALDIR/palisade.log"; die "palisade did not listen on $PAL_PORT"; }
-  kill -0 "$PAL_PID" 2>/dev/null || { tail -20 "$PALDIR/palisade.log"; die "palisade exited"; }
-  qmgr_pause
-}
-pal_stop() {
-  [ -n "$PAL_PID" ] || return 0
-  qmgr_resume
-  kill -TERM "$PAL_PID" 2>/dev/null
-  for _ in $(seq 300); do kill -0 "$PAL_PID" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$PAL_PID" 2>/dev/null; then
-    log "palisade $PAL_PID did not stop in 30 s; killing it and its children"
-    for p in $(descendants "$PAL_PID"); do kill -KILL "$p" 2>/dev/null; done
-  fi
-  wait "$PAL_PID" 2>/dev/null
-  PAL_PID=""
-}
-pal_clean_start() { pal_stop; rm -rf "$PALDIR/var"; pal_start; }
-pal_queued() { find "$PALDIR/var/spool/incoming" "$PALDIR/var/spool/active" "$PALDIR/var/spool/deferred" -type f 2>/dev/null | wc -l; }
-
-# ---- Postfix (the reference instance, accept and hold) -----------------------------
-pf_master() { head -1 "$PFDIR/spool/pid/master.pid" 2>/dev/null | tr -d ' '; }
-pf_start() {
-  PORT="$PF_PORT" SINK="$SINK" PFDIR="$PFDIR" HOLD=1 "$BENCH_REF/postfix.sh" setup || die "postfix setup failed"
-  PORT="$PF_PORT" SINK="$SINK" PFDIR="$PFDIR" HOLD=1 "$BENCH_REF/postfix.sh" start || die "postfix start failed"
-  PF_STARTED=1
-  wait_port "$PF_PORT" || die "postfix did not listen on $PF_PORT"
-}
-pf_purge() { postsuper -c "$PFDIR/etc" -d ALL hold >/dev/null 2>&1 || true; }
-pf_held() { find "$PFDIR/spool/hold" -type f 2>/dev/null | wc -l; }
+pal_on_stop() { [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID" 2>/dev/null; QMGR_PID=""; }
 
 cleanup() {
   pal_stop
-  [ "$PF_STARTED" = 1 ] && $PF stop >/dev/null 2>&1
+  pf_stop
   sink_stop "$SINK"
+  pal_save_log
   [ "${KEEP_TMP:-0}" = 1 ] || rm -rf "$BENCH_TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-warm() {   # port -> WARMUP small messages, not measured
-  [ "$WARMUP" -gt 0 ] || return 0
-  "$SMTP_SOURCE" -s 10 -l 1024 -m "$WARMUP" -f "$FROM" -t "$RCPT" -M bench.example.com "127.0.0.1:$1" >/dev/null 2>&1 \
-    || log "warm-up against port $1 failed"
-}
 
 # ---- main ----------------------------------------------------------------------------
 for p in "$PF_PORT" "$PAL_PORT" "$SINK"; do port_free "$p" || die "port $p is in use (set PF_PORT/PAL_PORT/SINK)"; done
@@ -149,7 +75,7 @@ for p in "$PF_PORT" "$PAL_PORT" "$SINK"; do port_free "$p" || die "port $p is in
 command -v /usr/bin/time >/dev/null || die "/usr/bin/time not found (Debian package time)"
 mkdir -p "$BENCH_RESULTS" "$PALDIR"
 log "results in $BENCH_RESULTS; reference harness $BENCH_REF"
-log "machine: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); palisade $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')"
+log "machine: $(machine_line)"
 
 sink_start "$SINK" || die "smtp-sink did not start"
 pf_start
@@ -163,7 +89,7 @@ for rep in $(seq "$REPEAT"); do
     if [ $((rep % 2)) = 1 ]; then order="postfix palisade"; else order="palisade postfix"; fi
     for mta in $order; do
       if [ "$mta" = postfix ]; then
-        pf_purge; warm "$PF_PORT"; sleep 1
+        pf_purge hold; warm "$PF_PORT"; sleep 1
         log "round $rep: postfix-hold c=$conc size=$size count=$count (held before: $(pf_held))"
         run_one postfix-hold "$PF_PORT" "$SINK" "$conc" "$size" "$count" "$(pf_master)" 0
       else
@@ -175,7 +101,7 @@ for rep in $(seq "$REPEAT"); do
     done
   done; done
 done
-pf_purge
+pf_purge hold
 
 # ---- summary: best of REPEAT per cell, Palisade / Postfix -------------------------
 SUMMARY="$BENCH_RESULTS/summary.md"
