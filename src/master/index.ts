@@ -157,7 +157,11 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       child.send({ type: 'init', role: 'cleanup', config: cfg, socket: cleanupPath, socketGroup: ids?.group ?? -1 });
       child.on('message', (m: { type: string; qid?: string }) => {
         if (m.type === 'ready') cleanupReady();
-        else if (m.type === 'commit') qmgr.child?.send({ type: 'commit', qid: m.qid });
+        else if (m.type === 'commit') {
+          // A qmgr that is restarting finds the message in its start-up scan: the notice is only a shortcut.
+          const q = qmgr.child;
+          if (q !== null && q.connected) q.send({ type: 'commit', qid: m.qid }, (e: Error | null) => void e);
+        }
       });
     },
   }, log);

@@ -17,6 +17,9 @@ export interface AnvilLimits {
   readonly stressAt: number;
 }
 
+/** Stress mode, once on, lasts at least this long. */
+export const STRESS_MIN_MS = 2000;
+
 // Rates are counted in one-minute windows of 6 ten-second buckets.
 const BUCKET_MS = 10_000;
 const BUCKETS = 6;
@@ -57,6 +60,8 @@ export class Anvil {
   private readonly msgRate = new Rate();
   private readonly now: () => number;
   private stress = false;
+  private since = 0;
+  private recheck: NodeJS.Timeout | null = null;
   /** Called when stress mode switches on or off. */
   onStress: ((on: boolean) => void) | null = null;
 
@@ -110,10 +115,23 @@ export class Anvil {
   private checkStress(): void {
     const on = this.limits.maxSessions * this.limits.stressAt;
     const next = this.stress ? this.total >= on * 0.75 : this.total >= on;
-    if (next !== this.stress) {
-      this.stress = next;
-      this.onStress?.(next);
+    if (next === this.stress) return;
+    // Once on, stress mode stays on for STRESS_MIN_MS: with short sessions the count swings around the
+    // threshold many times a second, and each switch is a log line and a message to every worker.
+    const held = this.now() - this.since;
+    if (!next && held < STRESS_MIN_MS) {
+      if (this.recheck === null) {
+        this.recheck = setTimeout(() => {
+          this.recheck = null;
+          this.checkStress();
+        }, STRESS_MIN_MS - held);
+        this.recheck.unref();
+      }
+      return;
     }
+    this.stress = next;
+    this.since = this.now();
+    this.onStress?.(next);
   }
 
   /** Current number of sessions. */

@@ -134,6 +134,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       try {
         q = await store.read('active', id);
       } catch (e) {
+        // Gone meanwhile (a stale listing at start-up: the message was delivered and removed): nothing to do.
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
         log.error({ event: 'corrupt', qid: id, err: (e as Error).message });
         await fsp.rename(store.path('active', id), store.path('corrupt', id)).catch(() => {});
         return;

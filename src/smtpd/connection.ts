@@ -258,6 +258,9 @@ export class Connection {
         this.flush();
         this.mode = 'closed';
         this.sock.end();
+        // The session is over now: release its slot at once rather than when the socket has closed, so the
+        // shared count does not run ahead of the real sessions when clients reconnect quickly.
+        this.finish();
         return;
       case 'VRFY':
       case 'EXPN':
@@ -462,6 +465,12 @@ export class Connection {
   }
 
   private close(): void {
+    this.finish();
+    if (!this.sock.destroyed) this.sock.destroy();
+  }
+
+  // Ends the session's bookkeeping once: abandons an open transaction, logs, releases the slot.
+  private finish(): void {
     if (this.tx !== null) this.tx.abort();
     this.tx = null;
     this.mode = 'closed';
@@ -471,7 +480,6 @@ export class Connection {
       this.deps.log.info({ event: 'disconnect', client: this.session.ip, messages: this.session.messages, errors: this.errors, seconds: (Date.now() - this.started) / 1000 });
       cb();
     }
-    if (!this.sock.destroyed) this.sock.destroy();
   }
 }
 
