@@ -29,7 +29,10 @@ export class DataReader {
   // Set when the previous flushed fragment ended with CR that still awaits its LF.
   private pendingCr = false;
 
-  /** Parses `input`; returns unstuffed output and whether the terminating line was seen. */
+  /**
+   * Parses `input`; returns unstuffed output and whether the terminating line was seen. Output comes in
+   * contiguous runs of the input (split only where a stuffing dot is dropped), not one buffer per line.
+   */
   push(input: Buffer): DataResult {
     let buf = input;
     let carryLen = 0;
@@ -40,41 +43,51 @@ export class DataReader {
     }
     const out: Buffer[] = [];
     let pos = 0;
+    let run = 0; // start of the output run not yet pushed
     const n = buf.length;
+    const emit = (end: number): void => {
+      if (end > run) {
+        out.push(buf.subarray(run, end));
+        this.size += end - run;
+      }
+    };
     while (pos < n) {
       if (this.pendingCr) {
-        // The previous fragment ended in CR; it is a line end only if LF follows now.
+        // The previous fragment ended in CR (held back, already counted); it is a line end only if LF follows.
         this.pendingCr = false;
         if (buf[pos] === 0x0a) {
-          out.push(CRLF); // the CR was held back from the previous fragment (and already counted)
+          out.push(CRLF);
           this.size += 1;
           pos += 1;
+          run = pos;
           this.atLineStart = true;
           continue;
         }
-        // A bare CR: flag it and pass it on after all (already counted), so the output does not depend on chunking.
+        // A bare CR: flag it and pass it on after all, so the output does not depend on chunking.
         out.push(CR);
         this.bareLineEnd = true;
       }
       const lf = buf.indexOf(0x0a, pos);
       if (lf < 0) {
         // Partial line: keep it when short (it may be "." or ".\r"), else pass it on minus a trailing CR.
-        const rest = buf.subarray(pos);
-        if (rest.length <= MAX_CARRY) {
-          this.carry = Buffer.from(rest);
+        if (n - pos <= MAX_CARRY) {
+          emit(pos);
+          this.carry = Buffer.from(buf.subarray(pos));
+          run = n;
           pos = n;
           break;
         }
-        let frag = rest;
-        this.checkLine(frag, true);
-        if (this.atLineStart && frag[0] === 0x2e) frag = frag.subarray(1);
-        const endsCr = frag[frag.length - 1] === 0x0d;
-        if (endsCr) {
-          frag = frag.subarray(0, frag.length - 1);
+        this.checkContent(buf, pos, buf[n - 1] === 0x0d ? n - 1 : n);
+        if (this.atLineStart && buf[pos] === 0x2e) {
+          emit(pos);
+          run = pos + 1;
+        }
+        if (buf[n - 1] === 0x0d && n - 1 >= run) {
+          emit(n - 1);
+          this.size += 1; // the held-back CR counts now
+          run = n;
           this.pendingCr = true;
         }
-        out.push(frag);
-        this.size += frag.length + (endsCr ? 1 : 0);
         this.atLineStart = false;
         pos = n;
         break;
@@ -84,27 +97,36 @@ export class DataReader {
       if (!crlf) this.bareLineEnd = true;
       if (this.atLineStart && crlf && lf - pos === 2 && buf[pos] === 0x2e) {
         // "." CRLF at the start of a properly ended line: the end of DATA.
+        emit(pos);
+        this.checkNul(buf, pos);
         return { out, consumed: lf + 1 - carryLen, done: true };
       }
-      let start = pos;
-      if (this.atLineStart && buf[pos] === 0x2e) start = pos + 1; // dot-unstuffing
-      const line = buf.subarray(start, lf + 1);
-      this.checkLine(line.subarray(0, crlf ? line.length - 2 : line.length - 1), false);
-      out.push(line);
-      this.size += line.length;
+      if (this.atLineStart && buf[pos] === 0x2e) {
+        // Dot-unstuffing: drop the first dot of the line.
+        emit(pos);
+        run = pos + 1;
+      }
+      this.checkContent(buf, pos, crlf ? lf - 1 : lf);
       // Only a CRLF-ended line starts a new line for end-of-data purposes (bare LF never does).
       this.atLineStart = crlf;
       pos = lf + 1;
     }
+    emit(pos);
+    this.checkNul(buf, n);
     return { out, consumed: input.length, done: false };
   }
 
-  // Flags bare CR and NUL inside a line's content (the line end itself excluded).
-  private checkLine(content: Buffer, partial: boolean): void {
-    const limit = partial && content[content.length - 1] === 0x0d ? content.length - 1 : content.length;
-    const cr = content.indexOf(0x0d);
-    if (cr >= 0 && cr < limit) this.bareLineEnd = true;
-    if (content.indexOf(0) >= 0) this.nul = true;
+  // Flags a bare CR in buf[from..to) (a line's content, its line end excluded). Once flagged, no more
+  // scanning: the search runs to the next CR, which for a line without one may be far ahead.
+  private checkContent(buf: Buffer, from: number, to: number): void {
+    if (to <= from || this.bareLineEnd) return;
+    const cr = buf.indexOf(0x0d, from);
+    if (cr >= 0 && cr < to) this.bareLineEnd = true;
+  }
+
+  // Flags a NUL in buf[0..to): one scan per push, not one per line.
+  private checkNul(buf: Buffer, to: number): void {
+    if (!this.nul && to > 0 && buf.subarray(0, to).indexOf(0) >= 0) this.nul = true;
   }
 }
 
