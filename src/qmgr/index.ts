@@ -290,21 +290,21 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       lines.push({ rcpt: res.index, state: res.status, dsn: res.dsn, reply: res.reply, at: new Date(t).toISOString() });
     }
     m.inFlight--;
-    // State records are only needed while the file lives on: a message finished in this round is removed.
-    const finished = m.inFlight === 0 && m.rcpts.every((r) => r.status === 'sent' || r.status === 'bounced');
     m.unsaved.push(...lines);
     if (m.inFlight > 0) return;
-    if (!finished || m.rcpts.some((r) => r.status === 'bounced' || (r.status === 'sent' && wants(r, 'SUCCESS')))) {
-      try {
-        await appendRecords(m, m.unsaved);
-      } catch (e) {
-        // (A full disk.) The round must still finish, or the message would stay in active/ untried until qmgr
-        // restarts; without these records a recipient may be tried again, never lost.
-        log.error({ event: 'qmgr-error', qid: m.id, err: (e as Error).message });
-      }
-    }
-    m.unsaved = [];
     await finishRound(m);
+  }
+
+  // Writes the round's outcomes, after its DSNs went out: a crash in between repeats an attempt (and at worst
+  // a DSN) but never loses one. A full disk must not stop the round: without records a recipient is retried.
+  async function saveRound(m: Msg, extra: readonly StateRecord[] = []): Promise<void> {
+    const recs = [...m.unsaved, ...extra];
+    m.unsaved = [];
+    try {
+      await appendRecords(m, recs);
+    } catch (e) {
+      log.error({ event: 'qmgr-error', qid: m.id, err: (e as Error).message });
+    }
   }
 
   function appendRecords(m: Msg, recs: readonly StateRecord[]): Promise<void> {
@@ -336,24 +336,33 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
             r.reply = `message expired after ${cfg.queue.lifetime} in the queue${last}`;
             r.at = t;
             r.report = true;
-            recs.push({ rcpt: i, state: 'bounced', dsn: r.dsn, reply: r.reply, at: new Date(t).toISOString() });
+            m.unsaved.push({ rcpt: i, state: 'bounced', dsn: r.dsn, reply: r.reply, at: new Date(t).toISOString() });
             log.info({ event: 'delivery', qid: m.id, to: r.address, relay: 'none', delay: Math.round((t - m.arrival) / 100) / 10, dsn: r.dsn, status: 'bounced', reply: r.reply });
           }
         }
-        await appendRecords(m, recs);
       }
       if (!(await sendDsns(m, t))) {
-        // The DSN could not be injected (cleanup down): keep the message and try again later.
+        // The DSN could not be injected (cleanup down): the recipients it covers stay unfinished in the file,
+        // so the next round bounces them again and sends the DSN then.
+        for (const [i, r] of m.rcpts.entries()) {
+          if (r.report && r.status === 'bounced') {
+            r.status = 'deferred';
+            m.unsaved.push({ rcpt: i, state: 'deferred', dsn: r.dsn, reply: r.reply, at: new Date(r.at || t).toISOString() });
+          }
+        }
         await toDeferred(m, t + retryMin);
         return;
       }
       if (m.rcpts.every((r) => r.status === 'sent' || r.status === 'bounced')) {
+        // Finished: the file goes, so its outcomes need not be written.
+        m.unsaved = [];
         await fsp.rm(store.path(m.state, m.id), { force: true });
         active.delete(m.id);
         log.info({ event: 'removed', qid: m.id, sent: m.rcpts.filter((r) => r.status === 'sent').length, bounced: m.rcpts.filter((r) => r.status === 'bounced').length });
         return;
       }
       if (m.pendingAction === 'hold') {
+        await saveRound(m);
         await moveTo(m, 'hold');
         active.delete(m.id);
         log.info({ event: 'held', qid: m.id });
@@ -379,7 +388,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       r.report = false;
     }
     // The next-retry time lives in the file, so it survives restarts.
-    await appendRecords(m, recs);
+    await saveRound(m, recs);
     await moveTo(m, 'deferred');
     active.delete(m.id);
     deferred.set(m.id, next);
@@ -422,8 +431,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           log.warn({ event: 'double-bounce', qid: m.id, note: 'undeliverable message from <>; kept in hold for the postmaster' });
           m.pendingAction = 'hold';
           for (const r of failed) r.status = 'deferred';
-          // The file must say so too, or a release would find them final and drop the message unretried.
-          await appendRecords(m, failed.map((r) => ({ rcpt: m.rcpts.indexOf(r), state: 'deferred' as const, dsn: r.dsn, reply: r.reply, at: new Date(r.at || t).toISOString() })));
+          // The file must say so too (after the round's records), or a release would find them final.
+          m.unsaved.push(...failed.map((r) => ({ rcpt: m.rcpts.indexOf(r), state: 'deferred' as const, dsn: r.dsn, reply: r.reply, at: new Date(r.at || t).toISOString() })));
         }
         continue;
       }
