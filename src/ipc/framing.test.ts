@@ -5,19 +5,8 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { FrameDecoder, encodeFrame, encodeData, encodeJson, MAX_FRAME, KIND, type Frame, type FrameKind } from './framing.ts';
+import { split } from '../../test/support/split.ts';
 
-// Splits `b` at the given offsets.
-function split(b: Buffer, cuts: readonly number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => Math.max(0, Math.min(b.length, c))))].sort((x, y) => x - y);
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(b.subarray(prev, p));
-    prev = p;
-  }
-  out.push(b.subarray(prev));
-  return out;
-}
 
 function decodeAll(chunks: readonly Buffer[]): Frame[] {
   const d = new FrameDecoder();

@@ -6,6 +6,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { DataReader, LineEndChecker } from './data.ts';
+import { split } from '../../test/support/split.ts';
 
 const MAX_CARRY = 8192; // DataReader's carry limit: longer partial lines are passed on early.
 
@@ -37,18 +38,6 @@ function feed(chunks: readonly Buffer[]): Outcome {
   return { out: Buffer.concat(out), done: false, end: offset, bareLineEnd: r.bareLineEnd, nul: r.nul, size: r.size };
 }
 
-// Splits `b` at the given offsets (sorted, deduplicated, clamped).
-function split(b: Buffer, cuts: readonly number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => Math.max(0, Math.min(b.length, c))))].sort((x, y) => x - y);
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(b.subarray(prev, p));
-    prev = p;
-  }
-  out.push(b.subarray(prev));
-  return out;
-}
 
 const wire = (s: string) => Buffer.from(s, 'latin1');
 
