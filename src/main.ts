@@ -111,11 +111,11 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   const flags = { stress: false, diskLow: false };
   const gate: SessionGate = {
     flags,
-    message(ip, exempt) {
+    message(ip, exempt, kind = 'message') {
       const id = nextId++;
       return new Promise((resolve) => {
         msgWaiting.set(id, resolve);
-        process.send!({ type: 'message', id, ip, exempt });
+        process.send!({ type: 'message', id, ip, exempt, kind });
       });
     },
     admit(ip, exempt) {

@@ -72,6 +72,7 @@ const smtp = z
     max_received_headers: int(50, 1, 1000, 'Received: fields before a message is refused as a loop (554 5.4.6)'),
     max_connection_rate_per_ip: int(0, 0, 1_000_000, 'New connections per client address per minute, then 421 4.7.0; 0 = unlimited; trusted_networks exempt'),
     max_message_rate_per_ip: int(0, 0, 1_000_000, 'Messages (MAIL commands) per client address per minute, then 450 4.7.1; 0 = unlimited; trusted_networks exempt'),
+    max_recipient_rate_per_ip: int(0, 0, 10_000_000, 'Accepted recipients per client address per minute, then 450 4.7.1 at RCPT; 0 = unlimited; trusted_networks exempt'),
     stress_threshold: z.number().min(0.1).max(1).default(0.8).describe('Stress mode starts when sessions reach this fraction of max_sessions (ends below 3/4 of that)'),
     stress_timeout: duration('10s', 'Per-command timeout while in stress mode'),
     stress_max_errors: int(3, 1, 10_000, 'Error replies per session before 421 while in stress mode'),

@@ -66,6 +66,7 @@ export const R = {
   tooManySessionsIp: reply(421, '4.7.0', 'Too many sessions from your address, try again later', true),
   connectionRate: reply(421, '4.7.0', 'Too many connections from your address, slow down', true),
   messageRate: reply(450, '4.7.1', 'Too many messages from your address, slow down'),
+  recipientRate: reply(450, '4.7.1', 'Too many recipients from your address, slow down'),
   localError: reply(451, '4.3.0', 'Local error in processing, try again later'),
   tooManyRcpts: reply(452, '4.5.3', 'Too many recipients'),
   noStorage: reply(452, '4.3.1', 'Insufficient system storage'),

@@ -261,7 +261,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         return;
       }
       case 'message':
-        if (child.connected) child.send({ type: 'message', id: m.id, ok: anvil.message(m.ip, m.exempt) });
+        if (child.connected) child.send({ type: 'message', id: m.id, ok: m.kind === 'recipient' ? anvil.recipient(m.ip, m.exempt) : anvil.message(m.ip, m.exempt) });
         return;
       case 'release': {
         const n = w.ips.get(m.ip) ?? 0;
@@ -403,7 +403,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 type WorkerMessage =
   | { type: 'admit'; id: number; ip: string; exempt: boolean }
   | { type: 'release'; ip: string }
-  | { type: 'message'; id: number; ip: string; exempt: boolean }
+  | { type: 'message'; id: number; ip: string; exempt: boolean; kind?: 'message' | 'recipient' }
   | { type: 'listening'; display: string }
   | { type: 'listen-error'; display: string; code: string };
 
@@ -413,6 +413,7 @@ function anvilLimits(cfg: Config) {
     maxSessionsPerIp: cfg.smtp.max_sessions_per_ip,
     connectionRatePerIp: cfg.smtp.max_connection_rate_per_ip,
     messageRatePerIp: cfg.smtp.max_message_rate_per_ip,
+    recipientRatePerIp: cfg.smtp.max_recipient_rate_per_ip,
     stressAt: cfg.smtp.stress_threshold,
   };
 }

@@ -13,6 +13,8 @@ export interface AnvilLimits {
   readonly connectionRatePerIp: number;
   /** Messages (MAIL commands) per IP per minute. */
   readonly messageRatePerIp: number;
+  /** Accepted recipients (RCPT commands) per IP per minute. */
+  readonly recipientRatePerIp: number;
   /** Stress mode switches on at this fraction of maxSessions and off below 3/4 of it. */
   readonly stressAt: number;
 }
@@ -58,6 +60,7 @@ export class Anvil {
   private readonly perIp = new Map<string, number>();
   private readonly connRate = new Rate();
   private readonly msgRate = new Rate();
+  private readonly rcptRate = new Rate();
   private readonly now: () => number;
   private stress = false;
   private since = 0;
@@ -94,6 +97,12 @@ export class Anvil {
     return this.msgRate.hit(ip, this.now()) <= this.limits.messageRatePerIp;
   }
 
+  /** Counts one recipient from `ip`; false when it is over the per-minute rate. */
+  recipient(ip: string, exempt: boolean): boolean {
+    if (exempt || this.limits.recipientRatePerIp === 0) return true;
+    return this.rcptRate.hit(ip, this.now()) <= this.limits.recipientRatePerIp;
+  }
+
   /** Uncounts a session admitted earlier. */
   release(ip: string): void {
     const n = this.perIp.get(ip);
@@ -109,6 +118,7 @@ export class Anvil {
     const t = this.now();
     this.connRate.sweep(t);
     this.msgRate.sweep(t);
+    this.rcptRate.sweep(t);
   }
 
   // Stress mode (like Postfix's stress-adaptive behaviour): on near the session limit, off with hysteresis.

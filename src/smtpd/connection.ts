@@ -35,6 +35,8 @@ export interface ConnectionDeps {
   readonly flags: { readonly stress: boolean; readonly diskLow: boolean };
   /** Per-IP message rate check, or null when unlimited. */
   readonly messageRate: ((ip: string) => Promise<boolean>) | null;
+  /** Per-IP recipient rate check, or null when unlimited. */
+  readonly recipientRate: ((ip: string) => Promise<boolean>) | null;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -240,8 +242,15 @@ export class Connection {
         }
         return this.answer(r);
       }
-      case 'RCPT':
-        return this.answer(rcpt(s, l, this.deps.policy, args));
+      case 'RCPT': {
+        const before = s.recipients.length;
+        const r = rcpt(s, l, this.deps.policy, args);
+        if (s.recipients.length > before && this.deps.recipientRate !== null && !(await this.deps.recipientRate(s.ip))) {
+          s.recipients.pop();
+          return this.answer(R.recipientRate);
+        }
+        return this.answer(r);
+      }
       case 'DATA':
         return this.startData(args);
       case 'BDAT':

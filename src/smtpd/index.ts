@@ -19,8 +19,8 @@ import type { RecipientPolicy } from './relay.ts';
 export interface SessionGate {
   admit(ip: string, exempt: boolean): Promise<Admission>;
   release(ip: string): void;
-  /** Counts one message against the per-IP message rate; false = over the limit. */
-  message(ip: string, exempt: boolean): Promise<boolean>;
+  /** Counts one message (or one recipient) against the per-IP rate; false = over the limit. */
+  message(ip: string, exempt: boolean, kind?: 'message' | 'recipient'): Promise<boolean>;
   /** Shared state from master: stress mode, spool short of space. */
   readonly flags: { readonly stress: boolean; readonly diskLow: boolean };
 }
@@ -77,6 +77,7 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
     stressTimeoutMs: parseDuration(cfg.smtp.stress_timeout)!,
     flags: deps.gate.flags,
     messageRate: cfg.smtp.max_message_rate_per_ip > 0 ? (ip: string) => deps.gate.message(ip, trusted.has(ip)) : null,
+    recipientRate: cfg.smtp.max_recipient_rate_per_ip > 0 ? (ip: string) => deps.gate.message(ip, trusted.has(ip), 'recipient') : null,
   };
   const conns = new Set<Connection>();
   const servers: Server[] = [];

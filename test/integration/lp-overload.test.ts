@@ -265,3 +265,32 @@ function rawGreeting(port: number, localAddress: string): Promise<string> {
     });
   });
 }
+
+describe('per-IP recipient rate', () => {
+  let p: Running;
+  before(async () => {
+    p = await startPalisade({ workers: 1, smtp: 'max_recipient_rate_per_ip = 3', toml: UNTRUSTED + KEEP_QUEUED });
+  });
+  after(async () => {
+    assert.equal(await p.stop(), 0);
+  });
+
+  test('the fourth recipient within a minute from one address gets 450 4.7.1 and is not kept; the message goes out to the three', async () => {
+    const c = await openSession(p.port);
+    try {
+      await c.ok('MAIL FROM:<a@example.com>', 250);
+      for (const u of ['r1', 'r2', 'r3']) await c.ok(`RCPT TO:<${u}@mx.test>`, 250);
+      await c.ok('RCPT TO:<r4@mx.test>', 450, '4.7.1');
+      await c.ok('DATA', 354);
+      c.write('Subject: rate\r\n\r\nbody\r\n.\r\n');
+      const r = await c.expect(250, '2.0.0');
+      const qid = /queued as (\S+)/.exec(r.text)![1]!;
+      const show = await p.cli(['queue', 'show', qid, '--json']);
+      assert.equal(show.code, 0, show.stderr);
+      const entry = JSON.parse(show.stdout) as { recipients: { address: string }[] };
+      assert.deepEqual(entry.recipients.map((x) => x.address), ['r1@mx.test', 'r2@mx.test', 'r3@mx.test']);
+    } finally {
+      c.close();
+    }
+  });
+});
