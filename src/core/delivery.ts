@@ -31,6 +31,8 @@ export interface DeliveryJob {
   readonly recipients: readonly JobRecipient[];
   readonly smtputf8: boolean;
   readonly eightBit: boolean;
+  /** Where the message lies in the queue file (qmgr has read the header already; the agent need not). */
+  readonly message?: { readonly offset: number; readonly length: number };
   readonly ret?: 'FULL' | 'HDRS';
   readonly envid?: string;
 }

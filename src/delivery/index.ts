@@ -77,14 +77,18 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
   let idle: (() => void) | null = null;
 
   async function run(job: DeliveryJob): Promise<JobResult> {
-    let q;
-    try {
-      q = await readQueueFile(job.file);
-    } catch (e) {
-      const reason = `cannot read queue file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
-      return { results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: reason, relay: '' })), destinationFailed: false };
+    let msg: OutboundMessage;
+    if (job.message !== undefined) {
+      msg = { file: job.file, offset: job.message.offset, length: job.message.length, eightBit: job.eightBit };
+    } else {
+      try {
+        const q = await readQueueFile(job.file);
+        msg = { file: job.file, offset: q.messageOffset, length: q.messageLength, eightBit: q.eightBit };
+      } catch (e) {
+        const reason = `cannot read queue file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+        return { results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: reason, relay: '' })), destinationFailed: false };
+      }
     }
-    const msg: OutboundMessage = { file: job.file, offset: q.messageOffset, length: q.messageLength, eightBit: q.eightBit };
     if (job.route.kind === 'local') return deliverLocal(job, msg, localDeps);
     return deliverSmtp(job, msg, smtpDeps);
   }

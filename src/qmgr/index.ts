@@ -216,6 +216,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           recipients: part.map((i) => ({ index: i, address: m.rcpts[i]!.address, ...(m.rcpts[i]!.notify ? { notify: m.rcpts[i]!.notify } : {}), ...(m.rcpts[i]!.orcpt ? { orcpt: m.rcpts[i]!.orcpt } : {}) })),
           smtputf8: m.env.smtputf8,
           eightBit: m.eightBit,
+          message: { offset: m.offset, length: m.length },
           ...(m.env.ret ? { ret: m.env.ret } : {}),
           ...(m.env.envid !== undefined ? { envid: m.env.envid } : {}),
         };
