@@ -69,7 +69,6 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
         envelope = msg.envelope;
         const arrival = new Date();
         writer = await deps.store.create(envelope, arrival);
-        writer.prepare();
         scanner = new HeaderScanner(limits);
         await writer.write(Buffer.from(receivedHeader(cfg.server.hostname, writer.id, envelope, arrival), 'utf8'));
         return;

@@ -33,8 +33,6 @@ export interface QueueWriter {
   abort(): Promise<void>;
   /** Bytes of message written so far. */
   readonly size: number;
-  /** Starts creating the file now, so the open overlaps with the message still arriving. */
-  prepare(): void;
 }
 
 /** Summary of a queued message for listings. */
@@ -273,8 +271,6 @@ class FileWriter implements QueueWriter {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private fh: fsp.FileHandle | null = null;
-  private opening: Promise<fsp.FileHandle> | null = null;
-  private flushed = false;
   private renamed = false;
   private written = 0;
   private done = false;
@@ -298,23 +294,14 @@ class FileWriter implements QueueWriter {
     if (this.pendingBytes >= WRITE_BATCH) await this.flush();
   }
 
-  prepare(): void {
-    // O_EXCL: an ID is never reused, even across writer processes.
-    if (this.opening === null) {
-      this.opening = fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-      this.opening.then((fh) => (this.fh = fh), () => {});
-    }
-  }
-
   private async open(): Promise<number> {
-    this.prepare();
-    this.fh = await this.opening!;
+    // O_EXCL: an ID is never reused, even across writer processes.
+    if (this.fh === null) this.fh = await fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
     return this.fh.fd;
   }
 
   private async flush(): Promise<void> {
     const fd = await this.open();
-    this.flushed = true;
     const bufs = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -345,14 +332,14 @@ class FileWriter implements QueueWriter {
     this.pendingBytes += end.length;
     const lengths = Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1');
     try {
-      if (!this.flushed) {
+      if (this.fh === null) {
         // The whole message is still in memory (the common case): write it once, lengths already right.
         this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
         await this.flush();
       } else {
         await this.flush();
         // Patch the message length into the fixed-width lengths line; the file is still private in tmp/.
-        writeSync(this.fh!.fd, lengths, 0, LENGTHS_SIZE_BYTES, MAGIC.length);
+        writeSync(this.fh.fd, lengths, 0, LENGTHS_SIZE_BYTES, MAGIC.length);
       }
       const fh = this.fh!;
       // Rename first, then fsync: the file's fsync commits its data and both directory entries in one
@@ -381,10 +368,6 @@ class FileWriter implements QueueWriter {
   }
 
   private async cleanupAfterFailure(): Promise<void> {
-    if (this.opening !== null) {
-      // An open still in flight: let it finish so its descriptor is closed and its file removed below.
-      this.fh = await this.opening.catch(() => null);
-    }
     if (this.fh !== null) {
       await this.fh.close().catch(() => {});
       this.fh = null;

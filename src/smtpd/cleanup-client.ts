@@ -37,9 +37,8 @@ export class CleanupTransaction {
   constructor(path: string, envelope: Envelope) {
     this.sock = connect(path);
     this.sock.setNoDelay(true);
-    // begin goes at once, so cleanup creates the file while the body is still arriving; a small body then
-    // follows in one write with its end (fewer syscalls and wake-ups on both sides).
-    this.sock.write(encodeJson({ type: 'begin', envelope }));
+    // Small messages go to cleanup in one write (begin, body, end): fewer syscalls and wake-ups on both sides.
+    this.held.push(encodeJson({ type: 'begin', envelope }));
     this.sock.on('data', (chunk) => {
       try {
         for (const f of this.dec.push(chunk)) {
