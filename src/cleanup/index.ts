@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// cleanup: receives one message per connection on private/cleanup (envelope, streamed body), enforces header
-// limits, adds Received:, writes the queue file and fsyncs it, and only then answers {ok, qid}.
+// cleanup: receives messages on private/cleanup (envelope, streamed body; one at a time per connection, which
+// smtpd keeps open between messages), enforces header limits, adds Received:, writes the queue file and fsyncs
+// it, and only then answers {ok, qid}.
 // Must not: speak SMTP to clients or deliver anything. It is the only writer of queue/tmp and queue/incoming.
 
 import { createServer, type Server, type Socket } from 'node:net';
@@ -38,26 +39,29 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
   // Defence in depth: smtpd enforces the size; cleanup refuses anything clearly past it too.
   let hardMax = cfg.smtp.max_message_size + 64 * 1024;
   let server: Server | null = null;
-  const sockets = new Set<Socket>();
+
+  // Connections carry one message after another (smtpd pools them). `idle` = between messages.
+  const sockets = new Map<Socket, { idle: boolean }>();
+  let closing = false;
 
   function handle(sock: Socket): void {
-    sockets.add(sock);
+    const state = { idle: true };
+    sockets.set(sock, state);
     const dec = new FrameDecoder();
     let writer: QueueWriter | null = null;
     let envelope: Envelope | null = null;
     let scanner: HeaderScanner | null = null;
+    // The current message is over (refused or aborted): ignore its remaining frames; the connection ends.
     let finished = false;
     let chain: Promise<void> = Promise.resolve();
     let pending = 0;
 
-    const answer = (msg: unknown) => {
-      if (!sock.destroyed) sock.end(encodeJson(msg));
-    };
     const refuse = (r: Reply, reason: string) => {
       finished = true;
       void writer?.abort();
       deps.log.info({ event: 'reject', qid: writer?.id, code: r.code, dsn: r.enhanced, reason });
-      answer({ ok: false, code: r.code, enhanced: r.enhanced, text: r.lines.join('\n'), reason });
+      // After a refusal smtpd may still be sending this message's frames: this connection is not reused.
+      if (!sock.destroyed) sock.end(encodeJson({ ok: false, code: r.code, enhanced: r.enhanced, text: r.lines.join('\n'), reason }));
     };
 
     async function frame(f: Frame): Promise<void> {
@@ -66,6 +70,7 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
         if (f.kind !== 'json') return refuse(R.localError, 'protocol: expected begin');
         const msg = JSON.parse(f.payload.toString('utf8')) as { type: string; envelope: Envelope };
         if (msg.type !== 'begin' || typeof msg.envelope !== 'object') return refuse(R.localError, 'protocol: expected begin');
+        state.idle = false;
         envelope = msg.envelope;
         const arrival = new Date();
         writer = await deps.store.create(envelope, arrival);
@@ -84,12 +89,23 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
         case 'end': {
           finished = true;
           await writer.commit();
+          const qid = writer.id;
           deps.log.info({
-            event: 'committed', qid: writer.id, from: envelope!.sender, nrcpt: envelope!.recipients.length,
+            event: 'committed', qid, from: envelope!.sender, nrcpt: envelope!.recipients.length,
             size: writer.size, ...(scanner!.messageId ? { message_id: scanner!.messageId } : {}),
           });
-          answer({ ok: true, qid: writer.id });
-          deps.onCommit?.(writer.id);
+          // Ready for the connection's next message before the answer lets smtpd send one.
+          writer = null;
+          envelope = null;
+          scanner = null;
+          finished = false;
+          state.idle = true;
+          if (!sock.destroyed) {
+            const a = encodeJson({ ok: true, qid });
+            if (closing) sock.end(a);
+            else sock.write(a);
+          }
+          deps.onCommit?.(qid);
           return;
         }
         case 'abort':
@@ -151,10 +167,13 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
     close(): Promise<void> {
       return new Promise((resolve) => {
         if (server === null) return resolve();
+        closing = true;
         server.close(() => resolve());
-        // Wait for in-flight messages: smtpd ends its transactions before cleanup is stopped.
+        // Idle connections end now; one carrying a message ends after its answer (smtpd ends its
+        // transactions before cleanup is stopped). Whatever is left after 5 s is cut.
+        for (const [s, st] of sockets) if (st.idle) s.end();
         setTimeout(() => {
-          for (const s of sockets) s.destroy();
+          for (const s of sockets.keys()) s.destroy();
         }, 5000).unref();
       });
     },

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// CleanupTransaction: one connection to private/cleanup per message: begin frame (envelope), body as data
-// frames, end; cleanup answers {ok, qid} or a structured SMTP error. A dropped connection = 451 4.3.0.
+// CleanupTransaction: one message to private/cleanup: begin frame (envelope), body as data frames, end;
+// cleanup answers {ok, qid} or a structured SMTP error. A dropped connection = 451 4.3.0. Connections are
+// pooled per smtpd process (CleanupPool) and carry one message at a time.
 
 import { connect, type Socket } from 'node:net';
 import type { Envelope } from '../core/envelope.ts';
@@ -24,42 +25,142 @@ export interface CleanupAnswer {
   reason?: string;
 }
 
-/** Streams one message to cleanup. `write` returns false when the caller should wait for `onDrain`. */
-export class CleanupTransaction {
-  private readonly sock: Socket;
+/** What a connection reports to the transaction using it. */
+interface ConnUser {
+  answer(a: CleanupAnswer): void;
+  broken(reason: string): void;
+  drained(): void;
+}
+
+/**
+ * One connection to cleanup, kept open between messages (one message at a time): reusing it saves a socket,
+ * a connect, an accept and two closes per message on both sides.
+ */
+class CleanupConn {
+  readonly sock: Socket;
   private readonly dec = new FrameDecoder();
+  private user: ConnUser | null = null;
+  private readonly pool: CleanupPool;
+  dead = false;
+
+  constructor(path: string, pool: CleanupPool) {
+    this.pool = pool;
+    this.sock = connect(path);
+    this.sock.on('data', (chunk: Buffer) => {
+      let answers: CleanupAnswer[];
+      try {
+        answers = this.dec.push(chunk).filter((f) => f.kind === 'json').map((f) => JSON.parse(f.payload.toString('utf8')) as CleanupAnswer);
+      } catch {
+        return this.fail('bad answer from cleanup');
+      }
+      for (const a of answers) {
+        // Nothing is owed to an idle connection: anything arriving there is a protocol error.
+        if (this.user === null) return this.fail('unexpected answer from cleanup');
+        this.user.answer(a);
+      }
+    });
+    this.sock.on('drain', () => this.user?.drained());
+    this.sock.on('error', (e) => this.fail(`cleanup: ${e.message}`));
+    this.sock.on('close', () => this.fail('cleanup closed the connection'));
+  }
+
+  attach(user: ConnUser): void {
+    this.user = user;
+  }
+
+  detach(): void {
+    this.user = null;
+  }
+
+  private fail(reason: string): void {
+    const user = this.user;
+    this.user = null;
+    if (!this.dead) {
+      this.dead = true;
+      this.pool.forget(this);
+      this.sock.destroy();
+    }
+    user?.broken(reason);
+  }
+
+  destroy(): void {
+    this.user = null;
+    this.fail('closed');
+  }
+}
+
+/** The connections of one smtpd process to cleanup: idle ones are reused by the next message. */
+export class CleanupPool {
+  readonly path: string;
+  private readonly maxIdle: number;
+  private idle: CleanupConn[] = [];
+
+  constructor(path: string, maxIdle = 32) {
+    this.path = path;
+    this.maxIdle = maxIdle;
+  }
+
+  /** An idle connection, or a new one. */
+  acquire(): CleanupConn {
+    for (;;) {
+      const c = this.idle.pop();
+      if (c === undefined) return new CleanupConn(this.path, this);
+      if (!c.dead && !c.sock.destroyed) return c;
+    }
+  }
+
+  /** Returns a connection whose message was answered. */
+  release(c: CleanupConn): void {
+    c.detach();
+    if (c.dead) return;
+    if (this.idle.length < this.maxIdle) this.idle.push(c);
+    else c.destroy();
+  }
+
+  /** A connection died (cleanup restarted, or an error): never hand it out again. */
+  forget(c: CleanupConn): void {
+    const i = this.idle.indexOf(c);
+    if (i >= 0) this.idle.splice(i, 1);
+  }
+
+  /** Closes the idle connections. */
+  close(): void {
+    for (const c of [...this.idle]) c.destroy();
+    this.idle = [];
+  }
+}
+
+/** Streams one message to cleanup. `write` returns false when the caller should wait for `onDrain`. */
+export class CleanupTransaction implements ConnUser {
+  private readonly conn: CleanupConn;
+  private readonly pool: CleanupPool;
   private result: CleanupResult | null = null;
   private waiters: ((r: CleanupResult) => void)[] = [];
   private drainCb: (() => void) | null = null;
   private held: Buffer[] = [];
   private heldBytes = 0;
+  private sent = false;
 
-  constructor(path: string, envelope: Envelope) {
-    this.sock = connect(path);
-    this.sock.setNoDelay(true);
+  constructor(pool: CleanupPool, envelope: Envelope) {
+    this.pool = pool;
+    this.conn = pool.acquire();
+    this.conn.attach(this);
     // Small messages go to cleanup in one write (begin, body, end): fewer syscalls and wake-ups on both sides.
     this.held.push(encodeJson({ type: 'begin', envelope }));
-    this.sock.on('data', (chunk) => {
-      try {
-        for (const f of this.dec.push(chunk)) {
-          if (f.kind === 'json') this.settle(fromAnswer(JSON.parse(f.payload.toString('utf8')) as CleanupAnswer));
-        }
-      } catch {
-        this.settle({ ok: false, reply: R.localError, reason: 'bad answer from cleanup' });
-      }
-    });
-    this.sock.on('drain', () => {
-      const cb = this.drainCb;
-      this.drainCb = null;
-      cb?.();
-    });
-    this.sock.on('error', (e) => this.settle({ ok: false, reply: R.localError, reason: `cleanup: ${e.message}` }));
-    this.sock.on('close', () => {
-      this.settle({ ok: false, reply: R.localError, reason: 'cleanup closed the connection' });
-      const cb = this.drainCb;
-      this.drainCb = null;
-      cb?.();
-    });
+  }
+
+  answer(a: CleanupAnswer): void {
+    this.settle(fromAnswer(a));
+  }
+
+  broken(reason: string): void {
+    this.settle({ ok: false, reply: R.localError, reason });
+  }
+
+  drained(): void {
+    const cb = this.drainCb;
+    this.drainCb = null;
+    cb?.();
   }
 
   /** An early refusal from cleanup (e.g. headers too large) arrived: stop sending body. */
@@ -87,12 +188,13 @@ export class CleanupTransaction {
     const data = this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held);
     this.held = [];
     this.heldBytes = 0;
-    return this.sock.write(data);
+    this.sent = true;
+    return this.conn.sock.write(data);
   }
 
   /** Calls `cb` once the socket drains (or dies). */
   onDrain(cb: () => void): void {
-    if (this.result !== null || this.sock.destroyed) cb();
+    if (this.result !== null || this.conn.dead) cb();
     else this.drainCb = cb;
   }
 
@@ -106,11 +208,18 @@ export class CleanupTransaction {
     return this.wait();
   }
 
-  /** Abandons the message; cleanup removes its partial file. */
+  /**
+   * Abandons the message. Nothing sent yet: the connection goes back to the pool untouched. Else cleanup is
+   * told to drop its partial file and the connection is closed.
+   */
   abort(): void {
-    if (!this.sock.destroyed) {
-      this.sock.end(encodeFrame('abort'));
+    if (this.result !== null) return;
+    if (!this.sent) {
+      this.held = [];
+      this.settle({ ok: false, reply: R.localError, reason: 'aborted' }, true);
+      return;
     }
+    if (!this.conn.dead) this.conn.sock.end(encodeFrame('abort'));
     this.settle({ ok: false, reply: R.localError, reason: 'aborted' });
   }
 
@@ -119,13 +228,19 @@ export class CleanupTransaction {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
-  private settle(r: CleanupResult): void {
+  private settle(r: CleanupResult, unused = false): void {
     if (this.result !== null) return;
     this.result = r;
-    if (r.ok) this.sock.end();
-    else if (!this.sock.destroyed) this.sock.destroy();
+    // Only a connection whose message ended cleanly (or never began) is reused; after a refusal or an error
+    // cleanup may still be reading (or discarding) this message's frames. After an abort frame cleanup closes
+    // its end; the connection's close handler then forgets it.
+    if (r.ok || unused) this.pool.release(this.conn);
+    else if (r.reason === 'aborted') this.conn.detach();
+    else this.conn.destroy();
     for (const w of this.waiters) w(r);
     this.waiters = [];
+    // A writer waiting for the socket to drain need not wait any more.
+    this.drained();
   }
 }
 

@@ -9,7 +9,7 @@ import type { Logger } from '../log/index.ts';
 import { formatReply, R, reply, type Reply } from '../core/reply.ts';
 import { parseCommand } from './parser.ts';
 import { DataReader, LineEndChecker } from './data.ts';
-import { CleanupTransaction, type CleanupResult } from './cleanup-client.ts';
+import { CleanupTransaction, type CleanupPool, type CleanupResult } from './cleanup-client.ts';
 import {
   canStartBody, envelopeOf, greeting, hello, mail, newSession, rcpt, resetTransaction,
   type Session, type SessionLimits,
@@ -25,7 +25,8 @@ const MAX_PENDING_INPUT = 256 * 1024;
 export interface ConnectionDeps {
   readonly limits: SessionLimits;
   readonly policy: RecipientPolicy;
-  readonly cleanupPath: string;
+  /** Connections to cleanup (private/cleanup), shared by the process's sessions. */
+  readonly cleanup: CleanupPool;
   readonly log: Logger;
   readonly maxErrors: number;
   readonly timeoutMs: number;
@@ -301,7 +302,7 @@ export class Connection {
     const refusal = canStartBody(this.session, 'DATA');
     if (refusal !== null) return this.answer(refusal);
     this.session.bodyMode = 'DATA';
-    this.tx = new CleanupTransaction(this.deps.cleanupPath, envelopeOf(this.session));
+    this.tx = new CleanupTransaction(this.deps.cleanup, envelopeOf(this.session));
     this.reader = new DataReader();
     this.tooBig = false;
     this.mode = 'data';
@@ -360,7 +361,7 @@ export class Connection {
       if (refusal !== null) this.bdatError = refusal;
       else {
         this.session.bodyMode = 'BDAT';
-        this.tx = new CleanupTransaction(this.deps.cleanupPath, envelopeOf(this.session));
+        this.tx = new CleanupTransaction(this.deps.cleanup, envelopeOf(this.session));
         this.checker = new LineEndChecker();
         this.bdatSize = 0;
       }

@@ -13,6 +13,7 @@ import { createTable } from '../lookup/index.ts';
 import { readAliases } from '../lookup/index.ts';
 import type { Admission } from '../policy/index.ts';
 import { Connection, normalizeIp, type ConnectionDeps } from './connection.ts';
+import { CleanupPool } from './cleanup-client.ts';
 import type { RecipientPolicy } from './relay.ts';
 
 /** Asks the shared session counter; implemented over the master channel in production. */
@@ -69,7 +70,7 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
       requireHelo: cfg.smtp.require_helo,
     },
     policy: createRecipientPolicy(cfg),
-    cleanupPath: deps.cleanupPath,
+    cleanup: new CleanupPool(deps.cleanupPath),
     log: deps.log,
     maxErrors: cfg.smtp.max_errors,
     timeoutMs: parseDuration(cfg.smtp.timeout)!,
