@@ -109,6 +109,29 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   const waiting = new Map<number, (a: Admission) => void>();
   const msgWaiting = new Map<number, (ok: boolean) => void>();
   const flags = { stress: false, diskLow: false };
+  // Session slots master leased to this worker: a client no per-IP limit applies to is admitted at once with
+  // one, and master hears of it in the next batch (one message per event-loop turn, not a round trip per
+  // connection). Without a slot, admission asks master.
+  const lease = { budget: 0, chunk: 0, asked: false, returned: 0, revoked: false };
+  const perIpLimits = cfg.smtp.max_sessions_per_ip > 0 || cfg.smtp.max_connection_rate_per_ip > 0;
+  const batch = { open: [] as string[], release: [] as string[], scheduled: false };
+  const flush = () => {
+    batch.scheduled = false;
+    if (!process.connected) return;
+    const want = !lease.asked && lease.budget <= lease.chunk / 2;
+    if (batch.open.length === 0 && batch.release.length === 0 && lease.returned === 0 && !lease.revoked && !want) return;
+    if (want) lease.asked = true;
+    process.send!({ type: 'sessions', open: batch.open, release: batch.release, returned: lease.returned, revoked: lease.revoked, want });
+    batch.open = [];
+    batch.release = [];
+    lease.returned = 0;
+    lease.revoked = false;
+  };
+  const schedule = () => {
+    if (batch.scheduled) return;
+    batch.scheduled = true;
+    setImmediate(flush);
+  };
   const gate: SessionGate = {
     flags,
     message(ip, exempt, kind = 'message') {
@@ -119,6 +142,12 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       });
     },
     admit(ip, exempt) {
+      if (lease.budget > 0 && (exempt || !perIpLimits)) {
+        lease.budget--;
+        batch.open.push(ip);
+        schedule();
+        return 'ok';
+      }
       const id = nextId++;
       return new Promise((resolve) => {
         waiting.set(id, resolve);
@@ -126,11 +155,12 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       });
     },
     release(ip) {
-      if (process.connected) process.send!({ type: 'release', ip });
+      batch.release.push(ip);
+      schedule();
     },
   };
   const smtpd = createSmtpd({ log, gate, cleanupPath: init.cleanupPath! }, cfg);
-  process.on('message', (m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean }, handle?: unknown) => {
+  process.on('message', (m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean; n?: number; chunk?: number }, handle?: unknown) => {
     switch (m.type) {
       case 'message': {
         const w = msgWaiting.get(m.id!);
@@ -138,6 +168,18 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         w?.(m.ok !== false);
         return;
       }
+      case 'lease':
+        lease.budget += m.n ?? 0;
+        lease.chunk = m.chunk ?? 0;
+        lease.asked = false;
+        return;
+      case 'revoke':
+        lease.returned += lease.budget;
+        lease.budget = 0;
+        lease.revoked = true;
+        lease.asked = false;
+        flush();
+        return;
       case 'flags':
         flags.stress = m.stress === true;
         flags.diskLow = m.diskLow === true;
@@ -153,6 +195,7 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         server.on('error', (e: NodeJS.ErrnoException) => process.send!({ type: 'listen-error', display: m.display, code: e.code ?? e.message }));
         server.listen(handle as object, () => {
           smtpd.attach(server);
+          schedule(); // asks master for session slots
           process.send!({ type: 'listening', display: m.display });
         });
         return;

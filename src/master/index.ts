@@ -54,6 +54,12 @@ interface Worker {
   ips: Map<string, number>;
   listening: number;
   ready: () => void;
+  /** Session slots leased to this worker and not yet used or returned (see Anvil.grant). */
+  lease: number;
+  /** The worker asked for (more) slots. */
+  wants: boolean;
+  /** A revoke was sent and its answer has not come back. */
+  revoking: boolean;
 }
 
 /** Starts Palisade; resolves with the exit code once it has stopped. */
@@ -229,7 +235,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   const retiring = new Set<Worker>();
 
   function spawnWorker(index: number, config: Config, onReady: () => void): Worker {
-    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady };
+    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false };
     w.sup = new Supervised({
       role: 'smtpd',
       grants: grants.smtpd,
@@ -246,30 +252,83 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       onExit: () => {
         for (const [ip, n] of w.ips) for (let i = 0; i < n; i++) anvil.release(ip);
         w.ips.clear();
+        anvil.unlease(w.lease);
+        w.lease = 0;
+        w.wants = false;
+        w.revoking = false;
       },
     }, log);
     w.sup.start();
     return w;
   }
 
+  function countOpen(w: Worker, ip: string): void {
+    w.ips.set(ip, (w.ips.get(ip) ?? 0) + 1);
+  }
+
+  function countRelease(w: Worker, ip: string): void {
+    const n = w.ips.get(ip) ?? 0;
+    if (n > 0) {
+      anvil.release(ip);
+      if (n === 1) w.ips.delete(ip);
+      else w.ips.set(ip, n - 1);
+    }
+  }
+
+  // Leases: hands session slots to workers that asked while there is room, and calls them back near the limit.
+  function balanceLeases(): void {
+    if (anvil.overLeased) {
+      for (const w of [...generation, ...retiring]) {
+        if (w.lease > 0 && !w.revoking && w.sup.child?.connected) {
+          w.revoking = true;
+          w.sup.child.send({ type: 'revoke' });
+        }
+      }
+      return;
+    }
+    if (stopping) return;
+    const chunk = anvil.leaseChunk(generation.length);
+    if (chunk === 0) return;
+    for (const w of generation) {
+      if (!w.wants || w.revoking || !w.sup.child?.connected) continue;
+      const n = anvil.grant(w.lease, chunk);
+      if (n === 0) continue;
+      w.lease += n;
+      w.wants = false;
+      w.sup.child.send({ type: 'lease', n, chunk });
+    }
+  }
+
   function onWorkerMessage(w: Worker, child: ChildProcess, m: WorkerMessage): void {
     switch (m.type) {
       case 'admit': {
         const verdict = stopping ? 'global' : anvil.admit(m.ip, m.exempt);
-        if (verdict === 'ok') w.ips.set(m.ip, (w.ips.get(m.ip) ?? 0) + 1);
+        if (verdict === 'ok') countOpen(w, m.ip);
         if (child.connected) child.send({ type: 'admit', id: m.id, verdict });
+        balanceLeases();
         return;
       }
       case 'message':
         if (child.connected) child.send({ type: 'message', id: m.id, ok: m.kind === 'recipient' ? anvil.recipient(m.ip, m.exempt) : anvil.message(m.ip, m.exempt) });
         return;
-      case 'release': {
-        const n = w.ips.get(m.ip) ?? 0;
-        if (n > 0) {
-          anvil.release(m.ip);
-          if (n === 1) w.ips.delete(m.ip);
-          else w.ips.set(m.ip, n - 1);
+      case 'sessions': {
+        // A worker's batch of session events since its last one: sessions it admitted with leased slots,
+        // sessions that ended, unused slots it gives back (after a revoke), and whether it wants more.
+        for (const ip of m.open) {
+          if (w.lease <= 0) continue; // never leased: ignore (a worker cannot mint slots)
+          w.lease--;
+          anvil.openLeased(ip);
+          countOpen(w, ip);
         }
+        for (const ip of m.release) countRelease(w, ip);
+        if (m.returned > 0) {
+          const n = Math.min(m.returned, w.lease);
+          anvil.unlease(n);
+          w.lease -= n;
+        }
+        if (m.revoked) w.revoking = false;
+        if (m.want) w.wants = true;
+        balanceLeases();
         return;
       }
       case 'listening':
@@ -402,7 +461,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 
 type WorkerMessage =
   | { type: 'admit'; id: number; ip: string; exempt: boolean }
-  | { type: 'release'; ip: string }
+  | { type: 'sessions'; open: string[]; release: string[]; returned: number; revoked: boolean; want: boolean }
   | { type: 'message'; id: number; ip: string; exempt: boolean; kind?: 'message' | 'recipient' }
   | { type: 'listening'; display: string }
   | { type: 'listen-error'; display: string; code: string };

@@ -81,7 +81,8 @@ export class Anvil {
 
   /** Decides and counts a session from `ip`; `exempt` skips the per-IP limits (trusted networks). */
   admit(ip: string, exempt: boolean): Admission {
-    if (this.total >= this.limits.maxSessions) return 'global';
+    // Slots leased to workers are spoken for.
+    if (this.total + this.leased >= this.limits.maxSessions) return 'global';
     const n = this.perIp.get(ip) ?? 0;
     if (!exempt && this.limits.maxSessionsPerIp > 0 && n >= this.limits.maxSessionsPerIp) return 'ip';
     if (!exempt && this.limits.connectionRatePerIp > 0 && this.connRate.hit(ip, this.now()) > this.limits.connectionRatePerIp) return 'rate';
@@ -89,6 +90,47 @@ export class Anvil {
     this.perIp.set(ip, n + 1);
     this.checkStress();
     return 'ok';
+  }
+
+  // ---- Leases: session slots a worker may admit on its own, without a round trip per connection ----
+  // Granted only while the sessions and leases together stay under half of max_sessions, and called back
+  // (revoke) past three quarters, so a slot idle in one worker never keeps another worker's client out for
+  // longer than one message to the worker and back. Only for clients no per-IP limit applies to.
+
+  /** Slots leased out and not yet used or returned. */
+  private leased = 0;
+
+  /** Lease size per worker for `workers` workers; 0 = no leasing (a limit this small is counted exactly). */
+  leaseChunk(workers: number): number {
+    const chunk = Math.floor(this.limits.maxSessions / (8 * Math.max(1, workers)));
+    return chunk >= 2 ? Math.min(chunk, 64) : 0;
+  }
+
+  /** Grants up to `chunk - holding` more slots to a worker holding `holding`; returns how many. */
+  grant(holding: number, chunk: number): number {
+    const room = Math.floor(this.limits.maxSessions / 2) - this.total - this.leased;
+    const n = Math.min(chunk - holding, room);
+    if (n <= 0 || this.stress) return 0;
+    this.leased += n;
+    return n;
+  }
+
+  /** Counts a session a worker admitted with one of its leased slots. */
+  openLeased(ip: string): void {
+    this.leased = Math.max(0, this.leased - 1);
+    this.total++;
+    this.perIp.set(ip, (this.perIp.get(ip) ?? 0) + 1);
+    this.checkStress();
+  }
+
+  /** Takes back `n` unused leased slots (returned, or their worker is gone). */
+  unlease(n: number): void {
+    this.leased = Math.max(0, this.leased - n);
+  }
+
+  /** Leases should be called back: sessions and leases together are past three quarters of the limit. */
+  get overLeased(): boolean {
+    return this.leased > 0 && this.total + this.leased > (this.limits.maxSessions * 3) / 4;
   }
 
   /** Counts one message from `ip`; false when it is over the per-minute rate. */

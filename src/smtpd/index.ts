@@ -18,7 +18,8 @@ import type { RecipientPolicy } from './relay.ts';
 
 /** Asks the shared session counter; implemented over the master channel in production. */
 export interface SessionGate {
-  admit(ip: string, exempt: boolean): Promise<Admission>;
+  /** A verdict at once when the worker can decide alone (a leased slot), else master's. */
+  admit(ip: string, exempt: boolean): Admission | Promise<Admission>;
   release(ip: string): void;
   /** Counts one message (or one recipient) against the per-IP rate; false = over the limit. */
   message(ip: string, exempt: boolean, kind?: 'message' | 'recipient'): Promise<boolean>;
@@ -101,23 +102,23 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
       if (conns.size === 0) idle?.();
       if (draining && conns.size === 0) drained?.();
     };
-    deps.gate.admit(ip, trusted.has(ip)).then(
-      (verdict) => {
-        if (sock.destroyed) {
-          if (verdict === 'ok') deps.gate.release(ip);
-          return;
-        }
-        if (verdict === 'ok') {
-          admitted = true;
-          conn.start();
-        } else {
-          const reason = verdict === 'global' ? 'max_sessions' : verdict === 'ip' ? 'max_sessions_per_ip' : 'max_connection_rate_per_ip';
-          deps.log.info({ event: 'reject', client: ip, reason });
-          conn.refuse(verdict === 'global' ? R.tooManySessions : verdict === 'ip' ? R.tooManySessionsIp : R.connectionRate);
-        }
-      },
-      () => conn.refuse(R.localError),
-    );
+    const decide = (verdict: Admission): void => {
+      if (sock.destroyed) {
+        if (verdict === 'ok') deps.gate.release(ip);
+        return;
+      }
+      if (verdict === 'ok') {
+        admitted = true;
+        conn.start();
+      } else {
+        const reason = verdict === 'global' ? 'max_sessions' : verdict === 'ip' ? 'max_sessions_per_ip' : 'max_connection_rate_per_ip';
+        deps.log.info({ event: 'reject', client: ip, reason });
+        conn.refuse(verdict === 'global' ? R.tooManySessions : verdict === 'ip' ? R.tooManySessionsIp : R.connectionRate);
+      }
+    };
+    const verdict = deps.gate.admit(ip, trusted.has(ip));
+    if (typeof verdict === 'string') decide(verdict);
+    else verdict.then(decide, () => conn.refuse(R.localError));
   }
 
   function drain(deadlineMs: number): Promise<void> {

@@ -125,6 +125,40 @@ describe('max_sessions = 5 under 5x the load', () => {
   });
 });
 
+// With max_sessions = 64 and two workers each worker is leased slots (4 at a time) to admit trusted clients without
+// asking master; the limit must hold all the same, and slots used must be counted and given back.
+describe('max_sessions = 64 with leased slots (two workers, trusted clients)', () => {
+  let p: Running;
+  before(async () => {
+    p = await startPalisade({ workers: 2, smtp: 'max_sessions = 64\nstress_threshold = 1.0', toml: KEEP_QUEUED });
+  });
+  after(async () => {
+    assert.equal(await p.stop(), 0);
+  });
+
+  test('96 clients at once: never more than 64 admitted, every other one refused with 421 4.7.0; all admitted again after they quit', async (t) => {
+    for (let round = 0; round < 2; round++) {
+      const { admitted, refused } = await burst(p.port, 96);
+      try {
+        t.diagnostic(`round ${round}: admitted ${admitted.length}, refused ${refused}`);
+        assert.ok(admitted.length <= 64, `${admitted.length} admitted`);
+        // A leased slot can sit in the other worker for one round trip: allow a few refusals below the limit.
+        assert.ok(admitted.length >= 56, `${admitted.length} admitted`);
+        assert.equal(admitted.length + refused, 96);
+        await Promise.all(admitted.slice(0, 3).map((c, i) => sendAndQuit(c, 200 + 10 * round + i)));
+      } finally {
+        for (const c of admitted) c.close();
+      }
+      // Every session ended: the count drops back to zero, so a full house fits again.
+      await waitFor('64 sessions admitted at once', async () => {
+        const b = await burst(p.port, 64);
+        for (const c of b.admitted) c.close();
+        return b.admitted.length === 64 ? true : undefined;
+      }, 10_000);
+    }
+  });
+});
+
 describe('stress mode (max_sessions = 10, stress_threshold = 0.5)', () => {
   let p: Running;
   before(async () => {
