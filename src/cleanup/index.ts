@@ -47,7 +47,7 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
   function handle(sock: Socket): void {
     const state = { idle: true };
     sockets.set(sock, state);
-    const dec = new FrameDecoder();
+    const dec = new FrameDecoder({ streamData: true });
     let writer: QueueWriter | null = null;
     let envelope: Envelope | null = null;
     let scanner: HeaderScanner | null = null;

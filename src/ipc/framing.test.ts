@@ -139,6 +139,52 @@ describe('framing properties', () => {
     );
   });
 
+  test('streaming decoder: data frames arrive in pieces whose bytes add up; every other frame whole and in order', () => {
+    fc.assert(
+      fc.property(
+        fc.array(frame, { maxLength: 20 }).chain((frames) => {
+          const wire = Buffer.concat(frames.map((f) => encodeFrame(f.kind, f.payload)));
+          return fc.tuple(fc.constant(frames), fc.constant(wire), fc.array(fc.integer({ min: 0, max: wire.length }), { maxLength: 30 }));
+        }),
+        ([frames, wire, cuts]) => {
+          const d = new FrameDecoder({ streamData: true });
+          const out = split(wire, cuts).flatMap((c) => d.push(c));
+          // Merge consecutive data pieces back into frames: pieces of one frame are contiguous, but two data
+          // frames in a row also merge, so compare against the input merged the same way.
+          const merge = (fs: readonly { kind: FrameKind; payload: Buffer }[]) => {
+            const m: { kind: FrameKind; payload: Buffer }[] = [];
+            for (const f of fs) {
+              const last = m[m.length - 1];
+              if (f.kind === 'data' && last?.kind === 'data') last.payload = Buffer.concat([last.payload, f.payload]);
+              else m.push({ kind: f.kind, payload: f.payload });
+            }
+            return m.filter((f) => f.kind !== 'data' || f.payload.length > 0);
+          };
+          const got = merge(out);
+          const want = merge(frames);
+          assert.equal(got.length, want.length);
+          got.forEach((f, i) => {
+            assert.equal(f.kind, want[i]!.kind);
+            assert.ok(f.payload.equals(want[i]!.payload));
+          });
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  test('streaming decoder: a 1 MiB data frame cut in 64 KiB reads comes out without waiting for its end', () => {
+    const d = new FrameDecoder({ streamData: true });
+    const wire = encodeFrame('data', Buffer.alloc(MAX_FRAME, 7));
+    const first = d.push(wire.subarray(0, 65536));
+    assert.equal(first.length, 1);
+    assert.equal(first[0]!.payload.length, 65536 - 5);
+    let total = first[0]!.payload.length;
+    for (let i = 65536; i < wire.length; i += 65536) for (const f of d.push(wire.subarray(i, i + 65536))) total += f.payload.length;
+    assert.equal(total, MAX_FRAME);
+    assert.deepEqual(d.push(encodeFrame('end')).map((f) => f.kind), ['end']);
+  });
+
   test('arbitrary bytes either decode or throw the malformed-frame error, never anything else', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 64 }), (a) => {

@@ -18,6 +18,15 @@ export interface Frame {
   readonly payload: Buffer;
 }
 
+/** The 5-byte header of a frame whose payload (`length` bytes) is written after it separately. */
+export function frameHeader(kind: FrameKind, length: number): Buffer {
+  invariant(length <= MAX_FRAME, 'frame payload too large');
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt32BE(length, 0);
+  head[4] = KIND[kind];
+  return head;
+}
+
 /** Encodes one frame; payloads over MAX_FRAME must be split by the caller (see encodeData). */
 export function encodeFrame(kind: FrameKind, payload: Buffer = Buffer.alloc(0)): Buffer {
   invariant(payload.length <= MAX_FRAME, 'frame payload too large');
@@ -39,20 +48,47 @@ export function encodeData(data: Buffer): Buffer[] {
   return out;
 }
 
-/** Incremental decoder: push bytes, get whole frames. Throws on a malformed stream (bad kind or oversize). */
+/**
+ * Incremental decoder: push bytes, get whole frames. Throws on a malformed stream (bad kind or oversize).
+ * With `streamData`, a data frame is returned in pieces as its bytes arrive (data is a byte stream: where it
+ * is cut does not matter), so a large body is never reassembled; other frames always come whole.
+ */
 export class FrameDecoder {
   private buf: Buffer = Buffer.alloc(0);
+  private readonly streamData: boolean;
+  // Bytes of a streamed data frame still to come.
+  private dataLeft = 0;
 
-  /** Adds bytes and returns every frame now complete. */
+  constructor(opts: { streamData?: boolean } = {}) {
+    this.streamData = opts.streamData === true;
+  }
+
+  /** Adds bytes and returns every frame (or data piece) now complete. */
   push(chunk: Buffer): Frame[] {
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     const frames: Frame[] = [];
+    let c = chunk;
+    if (this.dataLeft > 0) {
+      const n = Math.min(this.dataLeft, c.length);
+      frames.push({ kind: 'data', payload: c.subarray(0, n) });
+      this.dataLeft -= n;
+      c = c.subarray(n);
+      if (c.length === 0) return frames;
+    }
+    this.buf = this.buf.length === 0 ? c : Buffer.concat([this.buf, c]);
     let off = 0;
     while (this.buf.length - off >= 5) {
       const len = this.buf.readUInt32BE(off);
       const kind = NAMES[this.buf[off + 4]!];
       if (len > MAX_FRAME || kind === undefined) throw new Error('ipc: malformed frame');
-      if (this.buf.length - off - 5 < len) break;
+      const avail = this.buf.length - off - 5;
+      if (avail < len) {
+        if (this.streamData && kind === 'data') {
+          if (avail > 0) frames.push({ kind, payload: this.buf.subarray(off + 5) });
+          this.dataLeft = len - avail;
+          off = this.buf.length;
+        }
+        break;
+      }
       frames.push({ kind, payload: this.buf.subarray(off + 5, off + 5 + len) });
       off += 5 + len;
     }

@@ -34,13 +34,21 @@ export class DataReader {
    * contiguous runs of the input (split only where a stuffing dot is dropped), not one buffer per line.
    */
   push(input: Buffer): DataResult {
-    let buf = input;
-    let carryLen = 0;
-    if (this.carry !== null) {
-      carryLen = this.carry.length;
-      buf = Buffer.concat([this.carry, input]);
-      this.carry = null;
-    }
+    const carry = this.carry;
+    if (carry === null) return this.scan(input, 0);
+    this.carry = null;
+    // Finish the carried partial line with the input up to its first LF (a small copy), then scan the rest of
+    // the input in place: the input itself is never copied.
+    const lf = input.indexOf(0x0a);
+    if (lf < 0 || lf === input.length - 1) return this.scan(Buffer.concat([carry, input]), carry.length);
+    const first = this.scan(Buffer.concat([carry, input.subarray(0, lf + 1)]), carry.length);
+    if (first.done) return first;
+    const rest = this.scan(input.subarray(lf + 1), 0);
+    return { out: first.out.concat(rest.out), consumed: lf + 1 + rest.consumed, done: rest.done };
+  }
+
+  // Scans `buf`, whose first `carryLen` bytes are the carried partial line; `consumed` counts input bytes only.
+  private scan(buf: Buffer, carryLen: number): DataResult {
     const out: Buffer[] = [];
     let pos = 0;
     let run = 0; // start of the output run not yet pushed
@@ -113,7 +121,7 @@ export class DataReader {
     }
     emit(pos);
     this.checkNul(buf, n);
-    return { out, consumed: input.length, done: false };
+    return { out, consumed: n - carryLen, done: false };
   }
 
   // Flags a bare CR in buf[from..to) (a line's content, its line end excluded). Once flagged, no more
