@@ -83,20 +83,38 @@ async function runChild(role: string): Promise<void> {
   throw new Error(`unknown child role ${role}`);
 }
 
+// Session and commit notices to master are gathered this long (a few per message otherwise, each a wake-up of
+// master): master's session count may lag by this much, which leased slots already allow for, and delivery of
+// a new message starts this much later.
+const NOTICE_BATCH_MS = 5;
+
 async function runCleanup(init: InitMessage): Promise<void> {
   const cfg = init.config;
   const log = createLogger('cleanup', cfg.log.level);
   const store = new QueueStore(cfg.queue.dir);
   // The only writer of tmp/: whatever is there was never acknowledged.
   for (const id of await store.recover()) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
-  const cleanup = createCleanup({ log, store, onCommit: (qid) => process.send!({ type: 'commit', qid }) }, cfg);
+  // Commit notices go to qmgr (through master) in batches: one message per NOTICE_BATCH_MS, not one per mail.
+  let committed: string[] = [];
+  const sendCommitted = () => {
+    const qids = committed;
+    committed = [];
+    if (process.connected) process.send!({ type: 'commit', qids });
+  };
+  const onCommit = (qid: string) => {
+    if (committed.push(qid) === 1) setTimeout(sendCommitted, NOTICE_BATCH_MS);
+  };
+  const cleanup = createCleanup({ log, store, onCommit }, cfg);
   const path = init.socket!;
   rmSync(path, { force: true });
   await cleanup.listen(path);
   chmodSync(path, 0o660);
   if (init.socketGroup !== undefined && init.socketGroup >= 0) chownSync(path, process.getuid!(), init.socketGroup);
   process.on('message', (m: { type: string; config?: Config }) => {
-    if (m.type === 'stop') void cleanup.close().then(() => process.exit(0));
+    if (m.type === 'stop') void cleanup.close().then(() => {
+      if (committed.length > 0) sendCommitted();
+      process.exit(0);
+    });
     else if (m.type === 'config') cleanup.reconfigure(m.config!);
   });
   process.send!({ type: 'ready' });
@@ -114,9 +132,11 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   // connection). Without a slot, admission asks master.
   const lease = { budget: 0, chunk: 0, asked: false, returned: 0, revoked: false };
   const perIpLimits = cfg.smtp.max_sessions_per_ip > 0 || cfg.smtp.max_connection_rate_per_ip > 0;
-  const batch = { open: [] as string[], release: [] as string[], scheduled: false };
+  const batch = { open: [] as string[], release: [] as string[], timer: null as NodeJS.Timeout | null, immediate: false };
   const flush = () => {
-    batch.scheduled = false;
+    if (batch.timer !== null) clearTimeout(batch.timer);
+    batch.timer = null;
+    batch.immediate = false;
     if (!process.connected) return;
     const want = !lease.asked && lease.budget <= lease.chunk / 2;
     if (batch.open.length === 0 && batch.release.length === 0 && lease.returned === 0 && !lease.revoked && !want) return;
@@ -127,10 +147,16 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     lease.returned = 0;
     lease.revoked = false;
   };
-  const schedule = () => {
-    if (batch.scheduled) return;
-    batch.scheduled = true;
-    setImmediate(flush);
+  // Opens (on leased slots, already allowed for) may wait NOTICE_BATCH_MS to travel together; a release goes at
+  // the end of this event-loop turn, so master never counts a finished session for longer than that and
+  // refuses nobody for it.
+  const schedule = (urgent: boolean) => {
+    if (urgent) {
+      if (!batch.immediate) {
+        batch.immediate = true;
+        setImmediate(flush);
+      }
+    } else if (batch.timer === null && !batch.immediate) batch.timer = setTimeout(flush, NOTICE_BATCH_MS);
   };
   const gate: SessionGate = {
     flags,
@@ -145,7 +171,7 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       if (lease.budget > 0 && (exempt || !perIpLimits)) {
         lease.budget--;
         batch.open.push(ip);
-        schedule();
+        schedule(false);
         return 'ok';
       }
       const id = nextId++;
@@ -156,7 +182,7 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     },
     release(ip) {
       batch.release.push(ip);
-      schedule();
+      schedule(true);
     },
   };
   const smtpd = createSmtpd({ log, gate, cleanupPath: init.cleanupPath! }, cfg);
@@ -195,7 +221,7 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         server.on('error', (e: NodeJS.ErrnoException) => process.send!({ type: 'listen-error', display: m.display, code: e.code ?? e.message }));
         server.listen(handle as object, () => {
           smtpd.attach(server);
-          schedule(); // asks master for session slots
+          schedule(true); // asks master for session slots
           process.send!({ type: 'listening', display: m.display });
         });
         return;
@@ -215,8 +241,8 @@ async function runQmgr(init: InitMessage): Promise<void> {
   const log = createLogger('qmgr', cfg.log.level);
   const store = new QueueStore(cfg.queue.dir);
   const qmgr = createQmgr({ log, store, deliveryPath: init.deliveryPath!, cleanupPath: init.cleanupPath! }, cfg);
-  process.on('message', (m: { type: string; qid?: string; id?: number; cmd?: QmgrCommand; deadlineMs?: number }) => {
-    if (m.type === 'commit') qmgr.notify(m.qid!);
+  process.on('message', (m: { type: string; qids?: string[]; id?: number; cmd?: QmgrCommand; deadlineMs?: number }) => {
+    if (m.type === 'commit') for (const qid of m.qids ?? []) qmgr.notify(qid);
     else if (m.type === 'control') {
       void qmgr.control(m.cmd!).then(
         (answer) => process.connected && process.send!({ type: 'control-answer', id: m.id, answer }),

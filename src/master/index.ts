@@ -161,12 +161,12 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
     onSpawn: (child) => {
       child.send({ type: 'init', role: 'cleanup', config: cfg, socket: cleanupPath, socketGroup: ids?.group ?? -1 });
-      child.on('message', (m: { type: string; qid?: string }) => {
+      child.on('message', (m: { type: string; qids?: string[] }) => {
         if (m.type === 'ready') cleanupReady();
         else if (m.type === 'commit') {
-          // A qmgr that is restarting finds the message in its start-up scan: the notice is only a shortcut.
+          // A qmgr that is restarting finds the messages in its start-up scan: the notice is only a shortcut.
           const q = qmgr.child;
-          if (q !== null && q.connected) q.send({ type: 'commit', qid: m.qid }, (e: Error | null) => void e);
+          if (q !== null && q.connected) q.send({ type: 'commit', qids: m.qids }, (e: Error | null) => void e);
         }
       });
     },
