@@ -2,15 +2,31 @@
 // Message bytes for delivery: read from the queue file in bounded chunks, dot-stuffed for DATA
 // (RFC 5321 §4.5.2). Bodies are never held whole in memory beyond one chunk.
 
-import { createReadStream } from 'node:fs';
+import { closeSync, createReadStream, openSync } from 'node:fs';
+import { readFully } from '../queue/index.ts';
 
 // Chunk size for reading queue files.
 const CHUNK = 64 * 1024;
+// Up to this size a message is read in one synchronous read (it is in the page cache, just written: a stream
+// would cost an open, a read per chunk and a close, each a hand-off to the thread pool).
+const READ_AT_ONCE = 1024 * 1024;
 
 /** Streams the message region of a queue file. */
-export function messageChunks(file: string, offset: number, length: number): AsyncIterable<Buffer> {
-  if (length === 0) return (async function* () {})();
+export function messageChunks(file: string, offset: number, length: number): AsyncIterable<Buffer> | Iterable<Buffer> {
+  if (length === 0) return [];
+  if (length <= READ_AT_ONCE) return [readRegion(file, offset, length)];
   return createReadStream(file, { start: offset, end: offset + length - 1, highWaterMark: CHUNK });
+}
+
+function readRegion(file: string, offset: number, length: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(length);
+    const got = readFully(fd, buf, offset);
+    return got === length ? buf : buf.subarray(0, got);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Dot-stuffs a stream chunk by chunk; `state.atLineStart` carries across chunks. */

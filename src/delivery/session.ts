@@ -231,12 +231,16 @@ export class ClientSession {
   private async sendBody(msg: OutboundMessage): Promise<void> {
     const state = { atLineStart: true };
     let last = 0x0a;
+    let pending: Buffer | null = null;
+    // The last chunk goes out with the end of data in one write.
     for await (const chunk of messageChunks(msg.file, msg.offset, msg.length)) {
+      if (pending !== null) await this.r.write(pending);
       const c = chunk as Buffer;
       if (c.length > 0) last = c[c.length - 1]!;
-      await this.r.write(dotStuff(c, state));
+      pending = dotStuff(c, state);
     }
-    await this.r.write(last === 0x0a ? '.\r\n' : '\r\n.\r\n');
+    const end = last === 0x0a ? END_DATA : CRLF_END_DATA;
+    await this.r.write(pending === null ? end : Buffer.concat([pending, end]));
   }
 
   // A 354 we did not want (pipelined DATA after failures): end it empty, discard the reply.
@@ -262,6 +266,9 @@ export class ClientSession {
     setTimeout(() => sock.destroy(), 1000).unref();
   }
 }
+
+const END_DATA = Buffer.from('.\r\n');
+const CRLF_END_DATA = Buffer.from('\r\n.\r\n');
 
 /** RFC 3461 §4 xtext encoding. */
 export function xtext(s: string): string {
