@@ -93,8 +93,15 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
     return deliverSmtp(job, msg, smtpDeps);
   }
 
+  // Connections from qmgr stay open between jobs; `busy` = jobs running on one.
+  const conns = new Map<Socket, { busy: number }>();
+  let draining = false;
+
   function handle(sock: Socket): void {
     const dec = new FrameDecoder();
+    const st = { busy: 0 };
+    conns.set(sock, st);
+    sock.on('close', () => conns.delete(sock));
     sock.on('error', () => {});
     sock.on('data', (c: Buffer) => {
       let frames;
@@ -108,13 +115,19 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
         if (f.kind !== 'json') continue;
         const job = JSON.parse(f.payload.toString('utf8')) as DeliveryJob;
         running++;
+        st.busy++;
         void run(job)
           .catch((e: Error): JobResult => ({
             results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: `internal error: ${e.message}`, relay: '' })),
             destinationFailed: false,
           }))
           .then((res) => {
-            if (!sock.destroyed) sock.end(encodeJson(res));
+            st.busy--;
+            // qmgr keeps the connection for its next job, unless this agent is stopping.
+            if (!sock.destroyed) {
+              if (draining && st.busy === 0) sock.end(encodeJson(res));
+              else sock.write(encodeJson(res));
+            }
           })
           .finally(() => {
             running--;
@@ -131,7 +144,10 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
       server.on('connection', handle);
     },
     drain(): Promise<void> {
+      draining = true;
       for (const s of servers) s.close();
+      // Idle connections end now: qmgr sends its next jobs to the other agents (or a new one).
+      for (const [sock, st] of conns) if (st.busy === 0) sock.end();
       cache.closeAll();
       if (running === 0) return Promise.resolve();
       return new Promise((r) => (idle = r));

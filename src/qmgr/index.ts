@@ -5,8 +5,8 @@
 // delay, success), and obeys hold/release/delete/requeue/flush.
 // Must not: read message bodies into memory or talk to remote hosts itself.
 
-import { connect } from 'node:net';
-import { promises as fsp, renameSync, rmSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { promises as fsp, renameSync } from 'node:fs';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
@@ -241,33 +241,66 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     for (const q of queued) dests.add(q);
   }
 
-  // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job.
-  function dispatch(job: DeliveryJob): Promise<JobResult> {
-    return new Promise((resolve) => {
-      const sock = connect(deps.deliveryPath);
-      const dec = new FrameDecoder();
-      let settled = false;
-      const done = (r: JobResult) => {
-        if (settled) return;
-        settled = true;
-        sock.destroy();
-        resolve(r);
-      };
-      const lost = (why: string): JobResult => ({
-        results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${why}`, relay: '' })),
-        destinationFailed: false,
-      });
-      sock.on('connect', () => sock.write(encodeJson(job)));
-      sock.on('data', (c: Buffer) => {
-        try {
-          for (const f of dec.push(c)) if (f.kind === 'json') done(JSON.parse(f.payload.toString('utf8')) as JobResult);
-        } catch {
-          done(lost('bad answer'));
+  // Connections to the delivery agents, kept open between jobs (one job at a time each): the kernel spread
+  // them over the agents when they were made. A connection whose agent went away is dropped.
+  const idleAgents: AgentConn[] = [];
+  const MAX_IDLE_AGENTS = 64;
+
+  function agentConn(): AgentConn {
+    const c: AgentConn = { sock: connect(deps.deliveryPath), dec: new FrameDecoder(), answer: null, dead: false, used: false };
+    const fail = (e: Error) => {
+      if (!c.dead) {
+        c.dead = true;
+        const i = idleAgents.indexOf(c);
+        if (i >= 0) idleAgents.splice(i, 1);
+        c.sock.destroy();
+      }
+      const a = c.answer;
+      c.answer = null;
+      a?.(e);
+    };
+    c.sock.on('data', (chunk: Buffer) => {
+      try {
+        for (const f of c.dec.push(chunk)) {
+          if (f.kind !== 'json') continue;
+          const a = c.answer;
+          c.answer = null;
+          if (a === null) return fail(new Error('unexpected answer'));
+          a(JSON.parse(f.payload.toString('utf8')) as JobResult);
         }
-      });
-      sock.on('error', (e: NodeJS.ErrnoException) => done(lost(e.code ?? e.message)));
-      sock.on('close', () => done(lost('connection lost')));
+      } catch {
+        fail(new Error('bad answer'));
+      }
     });
+    c.sock.on('error', (e: NodeJS.ErrnoException) => fail(Object.assign(new Error(e.code ?? e.message), { code: e.code })));
+    c.sock.on('close', () => fail(new Error('connection lost')));
+    return c;
+  }
+
+  // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job.
+  async function dispatch(job: DeliveryJob): Promise<JobResult> {
+    for (let attempt = 0; ; attempt++) {
+      let c = idleAgents.pop();
+      while (c !== undefined && (c.dead || c.sock.destroyed)) c = idleAgents.pop();
+      const conn = c ?? agentConn();
+      const reused = conn.used;
+      conn.used = true;
+      const r = await new Promise<JobResult | Error>((resolve) => {
+        conn.answer = resolve;
+        conn.sock.write(encodeJson(job));
+      });
+      if (!(r instanceof Error)) {
+        if (!conn.dead && idleAgents.length < MAX_IDLE_AGENTS) idleAgents.push(conn);
+        else conn.sock.destroy();
+        return r;
+      }
+      // A kept connection whose agent had already gone (EPIPE: the job never reached it): once more, new.
+      if (reused && attempt === 0 && (r as NodeJS.ErrnoException).code === 'EPIPE') continue;
+      return {
+        results: job.recipients.map((x) => ({ index: x.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${r.message}`, relay: '' })),
+        destinationFailed: false,
+      };
+    }
   }
 
   async function recordResults(m: Msg, job: DeliveryJob, results: readonly RecipientResult[], started: number): Promise<void> {
@@ -358,7 +391,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       if (m.rcpts.every((r) => r.status === 'sent' || r.status === 'bounced')) {
         // Finished: the file goes, so its outcomes need not be written.
         m.unsaved = [];
-        rmSync(store.path(m.state, m.id), { force: true });
+        // Asynchronous: an unlink can wait on the file system (seen: 0.4 ms), which must not stall the scheduler.
+        await fsp.rm(store.path(m.state, m.id), { force: true });
         active.delete(m.id);
         log.info({ event: 'removed', qid: m.id, sent: m.rcpts.filter((r) => r.status === 'sent').length, bounced: m.rcpts.filter((r) => r.status === 'bounced').length });
         return;
@@ -571,4 +605,13 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       });
     },
   };
+}
+
+/** A kept connection to a delivery agent. */
+interface AgentConn {
+  sock: Socket;
+  dec: FrameDecoder;
+  answer: ((r: JobResult | Error) => void) | null;
+  dead: boolean;
+  used: boolean;
 }
