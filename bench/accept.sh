@@ -13,7 +13,7 @@
 # Env:   BENCH_REF=DIR              reference harness (default: ../shared/bench-ref from the repo root)
 #        CONCS="1 10 50" SIZES="4096 102400" REPEAT=3
 #        COUNT_<conc>_<size>=N      messages per cell (defaults below), e.g. COUNT_50_4096=3000
-#        WARMUP=300                 1 KB messages sent to each MTA right after the clean, before each cell
+#        WARMUP=300                 messages of the cell's size sent to each MTA right after the clean, before each cell
 #                                   (JIT and process pools warm; they stay queued in both, equally); 0 = none
 #        PF_PORT=2725 PAL_PORT=2726 SINK=2727 (loopback ports; must be free)
 #        QMGR_PAUSE=1               0 = let Palisade's queue manager run (it relays everything to the sink)
@@ -43,8 +43,8 @@ QMGR_PID=""
 
 default_count() {   # conc size -> messages per cell (bounded so a full run takes a few minutes)
   case "$2:$1" in
-    4096:1) echo 1000;; 4096:*) echo 2000;;
-    *:1) echo 300;; *) echo 1000;;
+    4096:1) echo 1500;; 4096:*) echo 3000;;
+    *:1) echo 600;; *) echo 2000;;
   esac
 }
 
@@ -89,11 +89,11 @@ for rep in $(seq "$REPEAT"); do
     if [ $((rep % 2)) = 1 ]; then order="postfix palisade"; else order="palisade postfix"; fi
     for mta in $order; do
       if [ "$mta" = postfix ]; then
-        pf_purge hold; warm "$PF_PORT"; sleep 1
+        pf_purge hold; warm "$PF_PORT" "$size"; sleep 1
         log "round $rep: postfix-hold c=$conc size=$size count=$count (held before: $(pf_held))"
         run_one postfix-hold "$PF_PORT" "$SINK" "$conc" "$size" "$count" "$(pf_master)" 0
       else
-        pal_clean_start; warm "$PAL_PORT"; sleep 1
+        pal_clean_start; warm "$PAL_PORT" "$size"; sleep 1
         log "round $rep: palisade-accept c=$conc size=$size count=$count (queued before: $(pal_queued))"
         run_one palisade-accept "$PAL_PORT" "$SINK" "$conc" "$size" "$count" "$PAL_PID" 0
         log "  palisade queued after: $(pal_queued)"

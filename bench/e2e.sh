@@ -17,7 +17,7 @@
 # Env:   BENCH_REF=DIR              reference harness (default: ../shared/bench-ref from the repo root)
 #        CONCS="1 10 50" SIZES="4096 102400" REPEAT=3
 #        COUNT_<conc>_<size>=N      messages per cell (defaults below), e.g. COUNT_50_4096=3000
-#        WARMUP=200                 1 KB messages through each MTA before each cell (delivered before it starts)
+#        WARMUP=200                 messages of the cell's size through each MTA before each cell (delivered first)
 #        E2E_TIMEOUT=120            seconds run_one waits for the sink to count a cell's messages
 #        PF_PORT=2745 PAL_PORT=2746 SINK=2747 (loopback ports; must be free)
 #        BENCH_RESULTS=DIR  BENCH_TMP=DIR (removed at exit unless KEEP_TMP=1)
@@ -74,14 +74,14 @@ sink_quiet() {   # the sink's count did not move for 0.5 s
 prep_postfix() {
   wait_until 60 pf_empty || log "postfix queue still holds $(pf_queued) message(s) after 60 s; purging"
   pf_purge
-  warm "$PF_PORT"
+  warm "$PF_PORT" "$size"
   wait_until 60 pf_empty || { log "postfix warm-up not delivered in 60 s ($(pf_queued) queued); purging"; pf_purge; }
   wait_until 10 sink_quiet
   sleep 1
 }
 prep_palisade() {
   pal_clean_start
-  warm "$PAL_PORT"
+  warm "$PAL_PORT" "$size"
   wait_until 60 pal_empty || log "palisade warm-up not delivered in 60 s ($(pal_queued) queued)"
   wait_until 10 sink_quiet
   sleep 1

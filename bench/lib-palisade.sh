@@ -147,10 +147,12 @@ pf_held() { find "$PFDIR/spool/hold" -type f 2>/dev/null | wc -l; }
 pf_queued() { find "$PFDIR/spool/incoming" "$PFDIR/spool/active" "$PFDIR/spool/deferred" "$PFDIR/spool/maildrop" -type f 2>/dev/null | wc -l; }
 
 # ---- load -----------------------------------------------------------------------------
-# warm PORT -> WARMUP (default 300) 1 KB messages, 10 sessions, not measured; 0 = none
+# warm PORT [SIZE] -> WARMUP (default 300) messages of SIZE bytes (default 1 KB), 10 sessions, not measured;
+# 0 = none. The cells warm both MTAs with their own message size, so a cell measures the steady state of the
+# path it drives (for Palisade: code the JIT has compiled), not the first messages of a new size.
 warm() {
   [ "${WARMUP:-300}" -gt 0 ] || return 0
-  "$SMTP_SOURCE" -s 10 -l 1024 -m "${WARMUP:-300}" -f "$FROM" -t "$RCPT" -M bench.example.com "127.0.0.1:$1" >/dev/null 2>&1 \
+  "$SMTP_SOURCE" -s 10 -l "${2:-1024}" -m "${WARMUP:-300}" -f "$FROM" -t "$RCPT" -M bench.example.com "127.0.0.1:$1" >/dev/null 2>&1 \
     || log "warm-up against port $1 failed"
 }
 # wait_until SECONDS CMD... -> runs CMD every 0.1 s until it succeeds (0) or SECONDS pass (1)
