@@ -277,13 +277,16 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 
   // Leases: hands session slots to workers that asked while there is room, and calls them back near the limit.
   function balanceLeases(): void {
-    if (anvil.overLeased) {
-      for (const w of [...generation, ...retiring]) {
-        if (w.lease > 0 && !w.revoking && w.sup.child?.connected) {
-          w.revoking = true;
-          w.sup.child.send({ type: 'revoke' });
-        }
+    const revoke = (w: Worker) => {
+      if (w.lease > 0 && !w.revoking && w.sup.child?.connected) {
+        w.revoking = true;
+        w.sup.child.send({ type: 'revoke' });
       }
+    };
+    // A retiring worker (reload) takes no new connections: its slots go back at once.
+    for (const w of retiring) revoke(w);
+    if (anvil.overLeased) {
+      for (const w of generation) revoke(w);
       return;
     }
     if (stopping) return;
@@ -425,6 +428,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         retiring.add(w);
         void w.sup.stop({ type: 'retire', deadlineMs: RETIRE_MS, drainMs }, RETIRE_MS + drainMs + 5000).then(() => retiring.delete(w));
       }
+      balanceLeases(); // the retiring workers' slots come back; the new ones may get theirs
       cleanup.child?.send({ type: 'config', config: cfg });
       // qmgr and the delivery agents start over with the new config: qmgr lets its deliveries finish,
       // then the (now idle) agents are replaced; the new qmgr picks the queue up from disk.
