@@ -105,14 +105,16 @@ describe('FrameDecoder', () => {
 describe('framing properties', () => {
   const kind = fc.constantFrom<FrameKind>('json', 'data', 'end', 'abort');
   const frame = fc.record({ kind, payload: fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)) });
+  // Frames, their bytes on the wire, and where the wire is cut into reads.
+  const framesOnWire = fc.array(frame, { maxLength: 20 }).chain((frames) => {
+    const wire = Buffer.concat(frames.map((f) => encodeFrame(f.kind, f.payload)));
+    return fc.tuple(fc.constant(frames), fc.constant(wire), fc.array(fc.integer({ min: 0, max: wire.length }), { maxLength: 30 }));
+  });
 
   test('any sequence of frames round-trips under any chunking', () => {
     fc.assert(
       fc.property(
-        fc.array(frame, { maxLength: 20 }).chain((frames) => {
-          const wire = Buffer.concat(frames.map((f) => encodeFrame(f.kind, f.payload)));
-          return fc.tuple(fc.constant(frames), fc.constant(wire), fc.array(fc.integer({ min: 0, max: wire.length }), { maxLength: 30 }));
-        }),
+        framesOnWire,
         ([frames, wire, cuts]) => {
           const out = decodeAll(split(wire, cuts));
           assert.equal(out.length, frames.length);
@@ -142,10 +144,7 @@ describe('framing properties', () => {
   test('streaming decoder: data frames arrive in pieces whose bytes add up; every other frame whole and in order', () => {
     fc.assert(
       fc.property(
-        fc.array(frame, { maxLength: 20 }).chain((frames) => {
-          const wire = Buffer.concat(frames.map((f) => encodeFrame(f.kind, f.payload)));
-          return fc.tuple(fc.constant(frames), fc.constant(wire), fc.array(fc.integer({ min: 0, max: wire.length }), { maxLength: 30 }));
-        }),
+        framesOnWire,
         ([frames, wire, cuts]) => {
           const d = new FrameDecoder({ streamData: true });
           const out = split(wire, cuts).flatMap((c) => d.push(c));
