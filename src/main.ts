@@ -94,6 +94,7 @@ async function runCleanup(init: InitMessage): Promise<void> {
   const store = new QueueStore(cfg.queue.dir);
   // The only writer of tmp/: whatever is there was never acknowledged.
   for (const id of await store.recover()) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
+  store.useSpares();
   // Commit notices go to qmgr (through master) in batches: one message per NOTICE_BATCH_MS, not one per mail.
   let committed: string[] = [];
   const sendCommitted = () => {

@@ -47,7 +47,7 @@ const names = (state: string) => readdir(join(dir, 'spool', state));
 
 describe('QueueStore', () => {
   test('creates tmp, the state directories and private under the root', async () => {
-    assert.deepEqual((await readdir(join(dir, 'spool'))).sort(), ['active', 'corrupt', 'deferred', 'hold', 'incoming', 'private', 'tmp']);
+    assert.deepEqual((await readdir(join(dir, 'spool'))).sort(), ['active', 'corrupt', 'deferred', 'hold', 'incoming', 'private', 'spare', 'tmp']);
   });
 
   test('commit puts exactly one file named by the queue ID in incoming and leaves tmp empty', async () => {
@@ -55,6 +55,27 @@ describe('QueueStore', () => {
     assert.match(id, QUEUE_ID);
     assert.deepEqual(await names('incoming'), [id]);
     assert.deepEqual(await names('tmp'), []);
+  });
+
+  test('with spares on, a small message is written into a spare file renamed into incoming; spare/ is refilled and emptied at recovery', async () => {
+    store.useSpares();
+    const until = async (what: string, ok: () => Promise<boolean>) => {
+      for (let i = 0; i < 200 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(await ok(), what);
+    };
+    await until('two spare files', async () => (await names('spare')).length === 2);
+    const before = await names('spare');
+    const id = await enqueue();
+    assert.deepEqual(await names('incoming'), [id]);
+    assert.deepEqual(await names('tmp'), []);
+    // One spare was used (it is the message now) and a new one is on its way.
+    await until('spare/ refilled', async () => (await names('spare')).length === 2);
+    const after = await names('spare');
+    assert.equal(after.filter((n) => before.includes(n)).length, 1, 'exactly one of the old spares is gone');
+    const q = await store.read('incoming', id);
+    assert.ok((await readFile(join(dir, 'spool', 'incoming', id))).subarray(q.messageOffset + q.messageLength - message.length, q.messageOffset + q.messageLength).equals(message));
+    assert.deepEqual(await new QueueStore(join(dir, 'spool')).recover(), []);
+    assert.deepEqual(await names('spare'), []);
   });
 
   test('a committed file starts with the magic line', async () => {

@@ -17,7 +17,10 @@ import { invariant } from '../core/invariant.ts';
 /** Message states = directories under the queue root (besides tmp/ and private/). */
 export type MessageState = 'incoming' | 'active' | 'deferred' | 'hold' | 'corrupt';
 export const MESSAGE_STATES: readonly MessageState[] = ['incoming', 'active', 'deferred', 'hold', 'corrupt'];
-const ALL_DIRS = ['tmp', ...MESSAGE_STATES, 'private'] as const;
+const ALL_DIRS = ['tmp', 'spare', ...MESSAGE_STATES, 'private'] as const;
+// Empty files cleanup opens ahead of need (spare/), so committing a message does not wait for a file to be
+// created: at most this many.
+const SPARES = 2;
 
 // Writes are gathered up to this many bytes before one writev.
 const WRITE_BATCH = 256 * 1024;
@@ -54,7 +57,7 @@ export class QueueStore {
   }
 
   /** Path of a state directory. */
-  path(state: MessageState | 'tmp' | 'private', id?: string): string {
+  path(state: MessageState | 'tmp' | 'spare' | 'private', id?: string): string {
     return id === undefined ? join(this.dir, state) : join(this.dir, state, id);
   }
 
@@ -64,8 +67,9 @@ export class QueueStore {
     for (const d of ALL_DIRS) await fsp.mkdir(join(this.dir, d), { recursive: true, mode });
   }
 
-  /** Crash recovery at start: removes tmp/* (never acknowledged); returns the IDs removed. */
+  /** Crash recovery at start: removes tmp/* (never acknowledged); returns the IDs removed. Empties spare/. */
   async recover(): Promise<string[]> {
+    for (const name of await fsp.readdir(this.path('spare')).catch(() => [] as string[])) await fsp.rm(join(this.path('spare'), name), { force: true });
     const removed: string[] = [];
     for (const name of await fsp.readdir(this.path('tmp'))) {
       await fsp.rm(join(this.path('tmp'), name), { force: true });
@@ -80,6 +84,48 @@ export class QueueStore {
     const id = this.nextId();
     const full: QueueEnvelope = { id, arrival: arrival.toISOString(), ...envelope };
     return new FileWriter(this, id, full);
+  }
+
+  // ---- spare files ------------------------------------------------------------------------------------
+  // A message small enough to be written at once is written at commit into a spare file — an empty file in
+  // spare/, created and opened beforehand — which is then renamed into incoming/ under the message's ID. So the
+  // file's creation (a hand-off to the thread pool and the file system's inode allocation) is off the path
+  // between the end of DATA and the 250. spare/ holds no mail: it is emptied at start.
+  private spares: { fh: fsp.FileHandle; path: string }[] = [];
+  private sparesOpening = 0;
+  private spareSeq = 0;
+
+  /** A spare file, or null when none is ready (the caller creates its file itself). Refills in the background. */
+  takeSpare(): { fh: fsp.FileHandle; path: string } | null {
+    const s = this.spares.pop() ?? null;
+    this.refillSpares();
+    return s;
+  }
+
+  /** Spare files are used (cleanup, the one writer of the queue, turns this on). */
+  usesSpares = false;
+
+  /** Turns spare files on and opens the first ones. */
+  useSpares(): void {
+    this.usesSpares = true;
+    this.refillSpares();
+  }
+
+  private refillSpares(): void {
+    while (this.spares.length + this.sparesOpening < SPARES) {
+      const path = join(this.path('spare'), `${process.pid}.${++this.spareSeq}`);
+      this.sparesOpening++;
+      fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600).then(
+        (fh) => {
+          this.sparesOpening--;
+          this.spares.push({ fh, path });
+        },
+        () => {
+          // No spare (full disk, no descriptors): commits create their files themselves meanwhile.
+          this.sparesOpening--;
+        },
+      );
+    }
   }
 
   /** Fsyncs a state directory, sharing one fsync among concurrent callers (group commit). */
@@ -286,6 +332,8 @@ class FileWriter implements QueueWriter {
   private pendingBytes = 0;
   private fh: fsp.FileHandle | null = null;
   private renamed = false;
+  // The spare file written instead of tmp/ID, if any.
+  private from: string | null = null;
   private written = 0;
   private done = false;
   private eightBit = false;
@@ -315,7 +363,10 @@ class FileWriter implements QueueWriter {
   }
 
   private async flush(): Promise<void> {
-    const fd = await this.open();
+    this.flushTo(await this.open());
+  }
+
+  private flushTo(fd: number): void {
     const bufs = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -347,9 +398,15 @@ class FileWriter implements QueueWriter {
     const lengths = Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1');
     try {
       if (this.fh === null) {
-        // The whole message is still in memory (the common case): write it once, lengths already right.
+        // The whole message is still in memory (the common case): write it once, lengths already right, into a
+        // spare file when one is ready (else a new file in tmp/).
         this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
-        await this.flush();
+        const spare = this.store.usesSpares ? this.store.takeSpare() : null;
+        if (spare !== null) {
+          this.fh = spare.fh;
+          this.from = spare.path;
+          this.flushTo(spare.fh.fd);
+        } else await this.flush();
       } else {
         await this.flush();
         // Patch the message length into the fixed-width lengths line; the file is still private in tmp/.
@@ -361,7 +418,7 @@ class FileWriter implements QueueWriter {
       // per message instead of two). Readers see the whole file from the rename on (it is in the page cache);
       // only a machine crash before the fsync could leave an incomplete incoming/ file, and such a file was
       // never acknowledged: it fails the end-record check when read and is set aside in corrupt/.
-      renameSync(this.store.path('tmp', this.id), this.store.path('incoming', this.id));
+      renameSync(this.from ?? this.store.path('tmp', this.id), this.store.path('incoming', this.id));
       this.renamed = true;
       // Both fsyncs start after the rename, so together they make data and name durable; in parallel they
       // wait for the same journal commit instead of two hand-offs in a row.
@@ -387,7 +444,7 @@ class FileWriter implements QueueWriter {
       this.fh = null;
     }
     // A failed fsync after the rename: the message must not stay queued, the client is told 4xx.
-    rmSync(this.store.path(this.renamed ? 'incoming' : 'tmp', this.id), { force: true });
+    rmSync(this.renamed ? this.store.path('incoming', this.id) : (this.from ?? this.store.path('tmp', this.id)), { force: true });
   }
 }
 
