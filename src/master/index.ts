@@ -7,7 +7,8 @@ import { mkdirSync, rmSync, writeFileSync, readFileSync, chmodSync, chownSync, s
 import { createServer as createNetServer, type Server } from 'node:net';
 import * as net from 'node:net';
 import { cpus } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import type { Config } from '../config/index.ts';
 import { parseListen } from '../config/index.ts';
@@ -68,6 +69,8 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   let cfg = initial;
   const store = new QueueStore(cfg.queue.dir);
   assertSafeDirs([cfg.server.data_dir, cfg.queue.dir]);
+  // Held for the master's lifetime; released by the kernel when the process is gone.
+  const spoolLock = lockSpool(cfg.queue.dir);
   mkdirSync(cfg.server.data_dir, { recursive: true, mode: 0o755 });
   await store.init();
   const created: string[] = [];
@@ -395,6 +398,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     control.close();
     rmSync(controlPath, { force: true });
     rmSync(pidFile, { force: true });
+    (spoolLock as { close(): void }).close();
     log.info({ event: 'stopped' });
     resolveDone(EXIT.ok);
   }
@@ -497,6 +501,19 @@ function assertSafeDirs(paths: readonly string[]): void {
 function errnoName(code: number): string {
   const names: Record<number, string> = { [-98]: 'EADDRINUSE (address already in use)', [-99]: 'EADDRNOTAVAIL', [-13]: 'EACCES (permission denied)' };
   return names[code] ?? `error ${code}`;
+}
+
+// One master per spool, whatever became of the pid file (an `rm -rf` of a running instance's data dir
+// removes it): master binds an abstract Unix socket named after the spool's path, which the kernel frees when
+// the process ends. Two queue managers on one spool would deliver each other's messages twice.
+function lockSpool(queueDir: string): object {
+  const name = `\0palisade-spool-${createHash('sha256').update(resolve(queueDir)).digest('hex').slice(0, 32)}`;
+  const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(name, -1, -1);
+  if (typeof h === 'number') {
+    if (errnoName(h).startsWith('EADDRINUSE')) throw new StartError(`Palisade is already running on the spool ${resolve(queueDir)}`, EXIT.unavailable);
+    throw new StartError(`cannot lock the spool ${resolve(queueDir)}: ${errnoName(h)}`, EXIT.software);
+  }
+  return h;
 }
 
 function assertNotRunning(pidFile: string): void {

@@ -4,7 +4,7 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { configText, runCli, runStart, startPalisade, type Running } from '../support/palisade.ts';
@@ -77,6 +77,22 @@ describe('palisade CLI against a running instance', () => {
     const list = await p.cli(['queue', 'list', '--json']);
     assert.equal(list.code, 0);
     assert.ok(existsSync(join(p.dir, 'var', 'palisade.pid')));
+  });
+
+  test('a second instance on the same spool exits 69 even when the first one\'s pid file is gone', async () => {
+    const pid = join(p.dir, 'var', 'palisade.pid');
+    const saved = readFileSync(pid);
+    rmSync(pid);
+    try {
+      const r = await runStart(p.config, p.dir);
+      assert.equal(r.killed, false, `it started instead of refusing: ${r.stdout.split('\n').find((l) => l.includes('"ready"')) ?? r.stdout.slice(-300)}`);
+      assert.equal(r.code, 69, r.stderr);
+      assert.match(r.stderr, /already running on the spool/i);
+    } finally {
+      writeFileSync(pid, saved);
+    }
+    const list = await p.cli(['queue', 'list', '--json']);
+    assert.equal(list.code, 0);
   });
 
   // Last in this group: it stops the shared instance.
