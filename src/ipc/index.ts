@@ -3,5 +3,5 @@
 // Must not: know about SMTP or the queue; it only moves frames.
 
 export { encodeFrame, encodeJson, frameHeader, encodeData, FrameDecoder, MAX_FRAME, KIND, type Frame, type FrameKind } from './framing.ts';
-export { request } from './request.ts';
+export { request, RequestPool } from './request.ts';
 export { submit, type SubmitResult } from './submit.ts';

@@ -5,14 +5,13 @@
 // delay, success), and obeys hold/release/delete/requeue/flush.
 // Must not: read message bodies into memory or talk to remote hosts itself.
 
-import { connect, type Socket } from 'node:net';
 import { promises as fsp, renameSync } from 'node:fs';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
 import type { Notify } from '../core/envelope.ts';
 import { parseDuration } from '../core/duration.ts';
-import { encodeJson, FrameDecoder, submit } from '../ipc/index.ts';
+import { RequestPool, submit } from '../ipc/index.ts';
 import { QueueStore, QUEUE_ID, type MessageState, type QueueEnvelope, type StateRecord } from '../queue/index.ts';
 import { buildDsn, type DsnRecipient } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
@@ -241,66 +240,17 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     for (const q of queued) dests.add(q);
   }
 
-  // Connections to the delivery agents, kept open between jobs (one job at a time each): the kernel spread
-  // them over the agents when they were made. A connection whose agent went away is dropped.
-  const idleAgents: AgentConn[] = [];
-  const MAX_IDLE_AGENTS = 64;
-
-  function agentConn(): AgentConn {
-    const c: AgentConn = { sock: connect(deps.deliveryPath), dec: new FrameDecoder(), answer: null, dead: false, used: false };
-    const fail = (e: Error) => {
-      if (!c.dead) {
-        c.dead = true;
-        const i = idleAgents.indexOf(c);
-        if (i >= 0) idleAgents.splice(i, 1);
-        c.sock.destroy();
-      }
-      const a = c.answer;
-      c.answer = null;
-      a?.(e);
-    };
-    c.sock.on('data', (chunk: Buffer) => {
-      try {
-        for (const f of c.dec.push(chunk)) {
-          if (f.kind !== 'json') continue;
-          const a = c.answer;
-          c.answer = null;
-          if (a === null) return fail(new Error('unexpected answer'));
-          a(JSON.parse(f.payload.toString('utf8')) as JobResult);
-        }
-      } catch {
-        fail(new Error('bad answer'));
-      }
-    });
-    c.sock.on('error', (e: NodeJS.ErrnoException) => fail(Object.assign(new Error(e.code ?? e.message), { code: e.code })));
-    c.sock.on('close', () => fail(new Error('connection lost')));
-    return c;
-  }
+  // Connections to the delivery agents, kept open between jobs (see RequestPool).
+  const agents = new RequestPool(deps.deliveryPath);
 
   // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job.
   async function dispatch(job: DeliveryJob): Promise<JobResult> {
-    for (let attempt = 0; ; attempt++) {
-      let c = idleAgents.pop();
-      while (c !== undefined && (c.dead || c.sock.destroyed)) c = idleAgents.pop();
-      const conn = c ?? agentConn();
-      const reused = conn.used;
-      conn.used = true;
-      const r = await new Promise<JobResult | Error>((resolve) => {
-        conn.answer = resolve;
-        conn.sock.write(encodeJson(job));
-      });
-      if (!(r instanceof Error)) {
-        if (!conn.dead && idleAgents.length < MAX_IDLE_AGENTS) idleAgents.push(conn);
-        else conn.sock.destroy();
-        return r;
-      }
-      // A kept connection whose agent had already gone (EPIPE: the job never reached it): once more, new.
-      if (reused && attempt === 0 && (r as NodeJS.ErrnoException).code === 'EPIPE') continue;
-      return {
-        results: job.recipients.map((x) => ({ index: x.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${r.message}`, relay: '' })),
-        destinationFailed: false,
-      };
-    }
+    const r = await agents.ask(job);
+    if (!(r instanceof Error)) return r as JobResult;
+    return {
+      results: job.recipients.map((x) => ({ index: x.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${r.message}`, relay: '' })),
+      destinationFailed: false,
+    };
   }
 
   async function recordResults(m: Msg, job: DeliveryJob, results: readonly RecipientResult[], started: number): Promise<void> {
@@ -607,11 +557,3 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   };
 }
 
-/** A kept connection to a delivery agent. */
-interface AgentConn {
-  sock: Socket;
-  dec: FrameDecoder;
-  answer: ((r: JobResult | Error) => void) | null;
-  dead: boolean;
-  used: boolean;
-}
