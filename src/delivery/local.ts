@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Local delivery: alias expansion (aliases(5), :include:, depth limit, cycle detection) and Maildir delivery
-// (tmp → fsync → new → fsync dir) with Return-Path: and Delivered-To:. Alias targets outside the local
-// domains are re-injected through cleanup as a new message. Pipes and files are refused (not enabled).
+// (tmp → fsync → new → fsync dir; LF line ends) with Return-Path: and Delivered-To:. Alias targets outside
+// the local domains are re-injected through cleanup as a new message. Pipes and files are refused (not
+// enabled).
 
 import { promises as fsp, constants } from 'node:fs';
 import { join } from 'node:path';
@@ -10,7 +11,7 @@ import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.t
 import { parseMailbox, mailboxToString } from '../core/address.ts';
 import type { AliasEntry } from '../lookup/index.ts';
 import type { LookupTable } from '../lookup/index.ts';
-import { messageChunks } from './message.ts';
+import { crlfEnd, crlfToLf, messageChunks } from './message.ts';
 import { readHeaderSection } from '../queue/index.ts';
 import type { OutboundMessage } from './session.ts';
 
@@ -98,8 +99,11 @@ export async function deliverMaildir(deps: LocalDeps, user: string, prefix: stri
   const tmp = join(box, 'tmp', name);
   const fh = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
   try {
-    await fh.write(prefix);
-    for await (const chunk of messageChunks(msg.file, msg.offset, msg.length)) await fh.write(chunk as Buffer);
+    // The queue holds the message with CRLF line ends (SMTP's form); a Maildir file has LF ones.
+    const eol = { cr: false };
+    await fh.write(prefix.replaceAll('\r\n', '\n'));
+    for await (const chunk of messageChunks(msg.file, msg.offset, msg.length)) await fh.write(crlfToLf(chunk as Buffer, eol));
+    await fh.write(crlfEnd(eol));
     await fh.sync();
   } catch (e) {
     await fh.close().catch(() => {});

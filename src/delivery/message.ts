@@ -44,5 +44,45 @@ export function dotStuff(chunk: Buffer, state: { atLineStart: boolean }): Buffer
   return Buffer.concat(parts);
 }
 
+/**
+ * Turns CRLF line ends into LF, chunk by chunk, for files on a Unix host (Maildir: qmail's format, what
+ * Postfix local(8) and Dovecot write). A CR ending a chunk is held in `state.cr` until the next chunk shows
+ * whether an LF follows (`crlfEnd` releases it at the end). A CR not followed by LF stays.
+ */
+export function crlfToLf(chunk: Buffer, state: { cr: boolean }): Buffer {
+  if (chunk.length === 0) return chunk;
+  const parts: Buffer[] = [];
+  let start = 0;
+  if (state.cr) {
+    state.cr = false;
+    if (chunk[0] === 0x0a) {
+      parts.push(LF);
+      start = 1;
+    } else parts.push(CR);
+  }
+  let end = chunk.length;
+  if (end > start && chunk[end - 1] === 0x0d) {
+    state.cr = true;
+    end--;
+  }
+  for (let i = chunk.indexOf(CRLF, start); i >= 0 && i < end; i = chunk.indexOf(CRLF, start)) {
+    parts.push(chunk.subarray(start, i));
+    start = i + 1;
+  }
+  if (parts.length === 0) return start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end);
+  parts.push(chunk.subarray(start, end));
+  return Buffer.concat(parts);
+}
+
+/** What `crlfToLf` still holds at the end of the input: a last CR, or nothing. */
+export function crlfEnd(state: { cr: boolean }): Buffer {
+  const held = state.cr;
+  state.cr = false;
+  return held ? CR : Buffer.alloc(0);
+}
+
+const CR = Buffer.from('\r');
+const LF = Buffer.from('\n');
+const CRLF = Buffer.from('\r\n');
 const DOT = Buffer.from('.');
 const LF_DOT = Buffer.from('\n.');

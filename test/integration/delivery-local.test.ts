@@ -52,8 +52,9 @@ describe('local delivery', () => {
     const qid = await send('sender@client.test', [['alice@mx.test', 250]], body);
     const [raw] = await waitMaildir(p.dir, 'alice');
     const text = raw!.toString('utf8');
-    assert.match(text, /^Return-Path: <sender@client\.test>\r\nDelivered-To: alice@mx\.test\r\nReceived: /);
-    assert.ok(text.endsWith('Subject: hello alice\r\nMessage-ID: <local-1@client.test>\r\n\r\nfirst line\r\n.dot line\r\n'), 'message bytes follow our headers, dot-unstuffed');
+    assert.match(text, /^Return-Path: <sender@client\.test>\nDelivered-To: alice@mx\.test\nReceived: /);
+    assert.ok(text.endsWith('Subject: hello alice\nMessage-ID: <local-1@client.test>\n\nfirst line\n.dot line\n'), 'message bytes follow our headers, dot-unstuffed');
+    assert.ok(!text.includes('\r'), 'a Maildir file has LF line ends, not SMTP\'s CRLF');
     assert.match(header(raw!, 'Received')!, new RegExp(qid));
     const box = join(p.dir, 'var/mail/alice');
     for (const sub of ['tmp', 'new', 'cur']) assert.ok(statSync(join(box, sub)).isDirectory(), `${sub}/ exists`);

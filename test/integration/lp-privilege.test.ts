@@ -240,7 +240,7 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
       c.close();
     }
     const [msg] = await waitMaildir(dir, 'user');
-    assert.ok(msg!.toString('latin1').endsWith('Subject: dropped\r\n\r\nhello\r\n'));
+    assert.ok(msg!.toString('latin1').endsWith('Subject: dropped\n\nhello\n'));
   });
 
   test('smtpd\'s argv under its uid cannot read a queued message or list incoming/ (the permission model refuses first)', () => {

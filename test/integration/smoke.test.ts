@@ -19,9 +19,9 @@ test('accepts a message for a local user, delivers it into the Maildir, and stop
     const files = readdirSync(box);
     assert.equal(files.length, 1);
     const text = readFileSync(join(box, files[0]!), 'utf8');
-    assert.match(text, /^Return-Path: <a@example\.com>\r\nDelivered-To: user@mx\.test\r\nReceived: from client\.test/);
+    assert.match(text, /^Return-Path: <a@example\.com>\nDelivered-To: user@mx\.test\nReceived: from client\.test/);
     assert.ok(text.includes(`id ${qid}`));
-    assert.ok(text.endsWith('Subject: hi\r\n\r\nhello\r\n.leading dot\r\n'));
+    assert.ok(text.endsWith('Subject: hi\n\nhello\n.leading dot\n'));
     await p.waitLog((l) => l.event === 'removed' && l.qid === qid);
     const list = await p.cli(['queue', 'list', '--json']);
     assert.equal(list.code, 0);

@@ -75,30 +75,30 @@ test('Postfix relaying to Palisade: mail sent into Postfix by SMTP and by its se
       assert.equal(bobFiles.length, 1);
 
       // Message 1: Palisade's trace fields, then Postfix's Received: with its queue ID from swaks' 250, then the
-      // message swaks sent, byte for byte (Palisade stores what it received, CRLF line ends).
+      // message swaks sent, byte for byte but for the line ends (the queue keeps CRLF, a Maildir file has LF).
       const a = readFileSync(aliceFiles[0]!, 'latin1');
       const aHead = new RegExp(
-        '^Return-Path: <sender@example\\.com>\\r\\n' +
-          'Delivered-To: alice@local\\.test\\r\\n' +
-          `Received: from ${host} \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.test \\(Palisade\\) with ESMTP id ${String(alice.qid)}\\r\\n` +
-          `\\tfor <alice@local\\.test>;\\r\\n\\t${DATE}\\r\\n` +
-          `Received: from client\\.test \\(unknown \\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby ${host} \\(Postfix\\) with ESMTP id ${sent.qid}\\r\\n` +
-          '\\tfor <alice@local\\.test>; [^\\r\\n]+\\r\\n',
+        '^Return-Path: <sender@example\\.com>\\n' +
+          'Delivered-To: alice@local\\.test\\n' +
+          `Received: from ${host} \\(\\[127\\.0\\.0\\.1\\]\\)\\n\\tby mx\\.test \\(Palisade\\) with ESMTP id ${String(alice.qid)}\\n` +
+          `\\tfor <alice@local\\.test>;\\n\\t${DATE}\\n` +
+          `Received: from client\\.test \\(unknown \\[127\\.0\\.0\\.1\\]\\)\\n\\tby ${host} \\(Postfix\\) with ESMTP id ${sent.qid}\\n` +
+          '\\tfor <alice@local\\.test>; [^\\n]+\\n',
       ).exec(a);
       assert.ok(aHead !== null, `trace fields of the relayed message are not as expected:\n${a.slice(0, 700)}`);
-      assert.equal(a.slice(aHead[0].length), unstuff(sent.wire).toString('latin1'), 'the message after the trace fields is what swaks sent to Postfix');
+      assert.equal(a.slice(aHead[0].length), unstuff(sent.wire).toString('latin1').replaceAll('\r\n', '\n'), 'the message after the trace fields is what swaks sent to Postfix');
 
-      // Message 2: Postfix's local-submission Received: (no "from"), then our message in CRLF form.
+      // Message 2: Postfix's local-submission Received: (no "from"), then our message (LF line ends, as sendmail read it).
       const b = readFileSync(bobFiles[0]!, 'latin1');
       const bHead = new RegExp(
-        '^Return-Path: <sender2@example\\.com>\\r\\n' +
-          'Delivered-To: bob@local\\.test\\r\\n' +
-          `Received: from ${host} \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.test \\(Palisade\\) with ESMTP id ${String(bob.qid)}\\r\\n` +
-          `\\tfor <bob@local\\.test>;\\r\\n\\t${DATE}\\r\\n` +
-          `Received: by ${host} \\(Postfix, from userid \\d+\\)\\r\\n\\tid [0-9A-F]+; [^\\r\\n]+\\r\\n`,
+        '^Return-Path: <sender2@example\\.com>\\n' +
+          'Delivered-To: bob@local\\.test\\n' +
+          `Received: from ${host} \\(\\[127\\.0\\.0\\.1\\]\\)\\n\\tby mx\\.test \\(Palisade\\) with ESMTP id ${String(bob.qid)}\\n` +
+          `\\tfor <bob@local\\.test>;\\n\\t${DATE}\\n` +
+          `Received: by ${host} \\(Postfix, from userid \\d+\\)\\n\\tid [0-9A-F]+; [^\\n]+\\n`,
       ).exec(b);
       assert.ok(bHead !== null, `trace fields of the sendmail message are not as expected:\n${b.slice(0, 700)}`);
-      assert.equal(b.slice(bHead[0].length), viaSendmail.replace(/\n/g, '\r\n'), 'the message after the trace fields is what sendmail read');
+      assert.equal(b.slice(bHead[0].length), viaSendmail, 'the message after the trace fields is what sendmail read');
 
       // Postfix saw Palisade's 250 with the queue ID that Palisade's Received: names.
       await waitFor('Postfix to log both relays', () => ((pf.maillog().match(/relay=127\.0\.0\.1\[127\.0\.0\.1\]/g) ?? []).length >= 2 ? true : undefined));

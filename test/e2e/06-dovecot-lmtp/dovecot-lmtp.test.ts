@@ -103,7 +103,7 @@ test('LMTP to Dovecot over TCP: the known user gets the message, the unknown one
       const boxes = await waitFor('the DSN in the sender\'s Maildir', () => (maildir(p, 'sender').length > 0 ? maildir(p, 'sender') : undefined));
       assert.equal(boxes.length, 1, 'exactly one DSN');
       const raw = readFileSync(boxes[0]!);
-      assert.match(raw.toString('latin1'), /^Return-Path: <>\r\nDelivered-To: sender@mx\.test\r\n/, 'the DSN comes from the null sender');
+      assert.match(raw.toString('latin1'), /^Return-Path: <>\nDelivered-To: sender@mx\.test\n/, 'the DSN comes from the null sender');
       const email = await PostalMime.parse(raw, { attachmentEncoding: 'utf8', forceRfc822Attachments: true });
       assert.equal(email.from?.address, 'MAILER-DAEMON@mx.test');
       assert.deepEqual(email.to?.map((a) => a.address), ['sender@mx.test']);
