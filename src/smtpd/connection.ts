@@ -267,10 +267,14 @@ export class Connection {
         this.send(R.bye);
         this.flush();
         this.mode = 'closed';
-        this.sock.end();
         // The session is over now: release its slot at once rather than when the socket has closed, so the
         // shared count does not run ahead of the real sessions when clients reconnect quickly.
         this.finish();
+        // Close as soon as the 221 is with the kernel (it still goes out, then the FIN), as Postfix does: waiting
+        // for the client's own close costs a wake-up, a read and, from clients that reset instead, an error
+        // object with its stack trace per connection.
+        if (this.sock.writableLength === 0) this.sock.destroy();
+        else this.sock.end();
         return;
       case 'VRFY':
       case 'EXPN':
