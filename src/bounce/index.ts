@@ -96,12 +96,12 @@ export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<
     '',
     `Reporting-MTA: dns; ${d.hostname}`,
     `X-Palisade-Queue-ID: ${d.qid}`,
-    ...(d.envid !== undefined ? [`Original-Envelope-Id: ${d.envid}`] : []),
+    ...(d.envid !== undefined ? [`Original-Envelope-Id: ${printable(d.envid)}`] : []),
     `Arrival-Date: ${rfc5322Date(d.arrival)}`,
     '',
     ...d.recipients.flatMap((r) => [
       `Final-Recipient: rfc822; ${r.address}`,
-      ...(r.orcpt ? [`Original-Recipient: ${r.orcpt.replace(';', '; ')}`] : []),
+      ...(r.orcpt ? [`Original-Recipient: ${printable(r.orcpt).replace(';', '; ')}`] : []),
       `Action: ${r.action}`,
       `Status: ${r.status}`,
       ...(r.remoteMta ? [`Remote-MTA: dns; ${remoteHost(r.remoteMta)}`] : []),
@@ -130,4 +130,10 @@ export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<
     yield Buffer.from(`\r\n--${boundary}--\r\n`);
   }
   return { envelope: { sender: '', recipients: [{ address: d.sender, notify: [] }], smtputf8: /[^\x00-\x7f]/.test(d.sender), client: { ip: '127.0.0.1', port: 0, helo: 'localhost', protocol: 'local' } }, parts: parts() };
+}
+
+// smtpd refuses control characters in ENVID and ORCPT; a queue file written before that rule (or by hand)
+// still cannot put a line break or NUL into a DSN field.
+function printable(s: string): string {
+  return s.replace(/[\x00-\x1f\x7f]/g, '');
 }

@@ -278,8 +278,8 @@ export class Connection {
         return;
       case 'VRFY':
       case 'EXPN':
-        // RFC 5321 §3.5.3: 252 without revealing whether the user exists.
-        return this.answer(args.trim() === '' ? R.syntax : R.vrfy);
+        // RFC 5321 §3.5.3: 252 without revealing whether the user (or list) exists.
+        return this.answer(args.trim() === '' ? R.syntax : verb === 'VRFY' ? R.vrfy : R.expn);
       case 'HELP':
         return this.answer(R.help);
       case 'STARTTLS':

@@ -53,7 +53,11 @@ function splitParams(text: string): { key: string; value: string | null }[] | Re
   return out;
 }
 
-/** Decodes RFC 3461 §4 xtext; null when malformed. */
+/**
+ * Decodes RFC 3461 §4 xtext; null when malformed. Both users (ENVID, ORCPT) carry printable US-ASCII (RFC 3461
+ * §4.2, §4.4), so an escape that decodes to a control character or a non-ASCII octet is refused: the value is
+ * later written into DSN fields, where a CR or LF would forge fields.
+ */
 export function decodeXtext(s: string): string | null {
   let out = '';
   for (let i = 0; i < s.length; i++) {
@@ -61,7 +65,9 @@ export function decodeXtext(s: string): string | null {
     if (s[i] === '+') {
       const hex = s.slice(i + 1, i + 3);
       if (!/^[0-9A-F]{2}$/.test(hex)) return null;
-      out += String.fromCharCode(parseInt(hex, 16));
+      const octet = parseInt(hex, 16);
+      if (octet < 0x20 || octet > 0x7e) return null;
+      out += String.fromCharCode(octet);
       i += 2;
     } else if (c < 33 || c > 126 || s[i] === '=') {
       return null;

@@ -93,6 +93,8 @@ export function mail(s: Session, l: SessionLimits, args: string): Reply {
 /** RCPT TO (RFC 5321 §4.1.1.3 with NOTIFY, ORCPT), including relay control and the local recipient table. */
 export function rcpt(s: Session, l: SessionLimits, policy: RecipientPolicy, args: string): Reply {
   if (s.sender === undefined) return R.needMail;
+  // The envelope went to cleanup with the first BDAT chunk (RFC 3030): a later recipient would be lost.
+  if (s.bodyMode !== null) return R.rcptAfterBdat;
   const m = /^TO:\s*/i.exec(args);
   if (m === null) return reply(501, '5.5.4', 'Syntax: RCPT TO:<address>');
   const rest = args.slice(m[0].length);

@@ -58,6 +58,26 @@ describe('BDAT', () => {
     }
   });
 
+  test('RCPT after the first chunk is refused with 503 5.5.1: the message goes to exactly the recipients it had', async () => {
+    const c = await openSession(p.port);
+    try {
+      await c.ok('MAIL FROM:<a@example.com>');
+      await c.ok('RCPT TO:<user@mx.test>');
+      c.write(bdat('Subject: late\r\n'));
+      await c.expect(250);
+      await c.ok('RCPT TO:<postmaster@mx.test>', 503, '5.5.1');
+      c.write(bdat('\r\nbody\r\n', true));
+      const r = await c.expect(250, '2.0.0');
+      const q = await readQueued(p.spool, queueIdOf(r));
+      assert.deepEqual(q.envelope.recipients.map((x) => x.address), ['user@mx.test']);
+      // After the transaction a new one takes recipients again.
+      await c.ok('MAIL FROM:<a@example.com>');
+      await c.ok('RCPT TO:<postmaster@mx.test>', 250, '2.1.5');
+    } finally {
+      c.close();
+    }
+  });
+
   test('chunks pipelined with their BDAT commands in one write are each answered in order', async () => {
     const c = await openSession(p.port);
     try {
