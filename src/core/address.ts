@@ -213,3 +213,12 @@ export function parseAddressLiteral(text: string): string | null {
   }
   return null;
 }
+
+// A local part usable as a mailbox (directory) name: no dots first, no slashes, nothing a shell or a path
+// would read specially.
+const MAILBOX_NAME = /^[a-z0-9\u0080-\u{10ffff}][a-z0-9._+=\u0080-\u{10ffff}-]{0,63}$/u;
+
+/** True when the (lower-cased, unquoted) local part can name a local mailbox. */
+export function isMailboxName(local: string): boolean {
+  return MAILBOX_NAME.test(local);
+}

@@ -8,7 +8,7 @@ import { promises as fsp, constants } from 'node:fs';
 import { join } from 'node:path';
 import { hostname as osHostname } from 'node:os';
 import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
-import { parseMailbox, mailboxToString } from '../core/address.ts';
+import { isMailboxName, parseMailbox, mailboxToString } from '../core/address.ts';
 import type { AliasEntry } from '../lookup/index.ts';
 import type { LookupTable } from '../lookup/index.ts';
 import { crlfEnd, crlfToLf, messageChunks } from './message.ts';
@@ -17,8 +17,6 @@ import type { OutboundMessage } from './session.ts';
 
 // Alias expansion stops at this depth (loops that are not exact cycles end here).
 export const MAX_ALIAS_DEPTH = 10;
-// A mailbox name must be a plain, safe directory name.
-const MAILBOX_NAME = /^[a-z0-9\u0080-\u{10ffff}][a-z0-9._+=\u0080-\u{10ffff}-]{0,63}$/u;
 
 /** What local delivery needs. */
 export interface LocalDeps {
@@ -59,7 +57,7 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
   if (deps.recipients.size > 0 && !deps.recipients.has(local) && !deps.recipients.has(`${local}@${domain}`) && local !== 'postmaster' && alias === undefined) {
     return [{ kind: 'refused', dsn: '5.1.1', reason: `user unknown: ${address}` }];
   }
-  if (!MAILBOX_NAME.test(local)) return [{ kind: 'refused', dsn: '5.1.3', reason: `unsafe mailbox name "${local}"` }];
+  if (!isMailboxName(local)) return [{ kind: 'refused', dsn: '5.1.3', reason: `unsafe mailbox name "${local}"` }];
   return [{ kind: 'mailbox', user: local, address }];
 }
 

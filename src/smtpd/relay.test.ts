@@ -69,9 +69,20 @@ describe('checkRecipient', () => {
     assert.deepEqual(verdict('<Sales@example.com>', UNTRUSTED), { ok: true, local: true });
   });
 
-  test('accepts every local part when the recipient table is empty', () => {
+  test('accepts every local part that can name a mailbox when the recipient table is empty', () => {
     const p = policy({ recipients: createTable([]) });
     assert.deepEqual(verdict('<anyone@example.com>', UNTRUSTED, p), { ok: true, local: true });
+    assert.deepEqual(verdict('<First.Last+tag@example.com>', UNTRUSTED, p), { ok: true, local: true });
+  });
+
+  test('refuses, with an empty table, local parts no mailbox can have (550 5.1.1 now, not a bounce later)', () => {
+    const p = policy({ recipients: createTable([]) });
+    for (const bad of ['<_x@example.com>', '<a#b@example.com>', '<"../../etc"@example.com>', '<"..x"@example.com>']) {
+      assertRefused(verdict(bad, UNTRUSTED, p), 550, '5.1.1');
+    }
+    // Alias names and postmaster are not mailbox names and still exist.
+    const withAlias = policy({ recipients: createTable([]), aliases: createTable(['mailer_daemon']) });
+    assert.deepEqual(verdict('<mailer_daemon@example.com>', UNTRUSTED, withAlias), { ok: true, local: true });
   });
 
   test('refuses relaying for an untrusted client with 554 5.7.1', () => {

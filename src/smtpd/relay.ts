@@ -2,7 +2,7 @@
 // Recipient policy at RCPT: local recipients checked against the table (unknown → 550 5.1.1, never
 // accept-then-bounce); anything else only for relay domains or trusted clients (else 554 5.7.1).
 
-import type { Mailbox } from '../core/address.ts';
+import { isMailboxName, type Mailbox } from '../core/address.ts';
 import { R, type Reply } from '../core/reply.ts';
 import type { NetworkList } from '../core/cidr.ts';
 import type { LookupTable } from '../lookup/index.ts';
@@ -30,7 +30,8 @@ export function checkRecipient(p: RecipientPolicy, m: Mailbox, ip: string): Reci
     const lp = unquote(m.local).toLowerCase();
     if (lp === 'postmaster') return { ok: true, local: true }; // RFC 5321 §4.5.1
     if (p.aliases.has(lp)) return { ok: true, local: true };
-    if (p.recipients.size === 0 || p.recipients.has(lp) || p.recipients.has(`${lp}@${m.domain}`)) return { ok: true, local: true };
+    // Without a table every local part that can name a mailbox exists; the others would only bounce later.
+    if (p.recipients.size === 0 ? isMailboxName(lp) : p.recipients.has(lp) || p.recipients.has(`${lp}@${m.domain}`)) return { ok: true, local: true };
     return { ok: false, reply: R.unknownUser };
   }
   if (!m.literal && p.relayDomains.has(m.domain)) return { ok: true, local: false };
