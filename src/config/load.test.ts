@@ -167,6 +167,30 @@ describe('parseConfig', () => {
   });
 });
 
+describe('values that would switch a limit off or break the protocol are refused, naming key and line', () => {
+  const cases: [string, string, RegExp][] = [
+    ['a zero command timeout', '[smtp]\ntimeout = "0s"\n', /:2: smtp\.timeout: must be at least "1s"/],
+    ['a zero stress timeout', '[smtp]\nstress_timeout = "0s"\n', /:2: smtp\.stress_timeout: must be at least "1s"/],
+    ['a zero scan interval (a busy loop)', '[queue]\nscan_interval = "0s"\n', /:2: queue\.scan_interval: must be at least "100ms"/],
+    ['retry_max below retry_min', '[queue]\nretry_min = "10m"\nretry_max = "5m"\n', /:3: queue\.retry_max: must be at least retry_min/],
+    ['a zero delivery timeout', '[delivery]\ntimeout = "0s"\n', /:2: delivery\.timeout: must be "" or at least "100ms"/],
+    ['a zero DNS timeout', '[dns]\ntimeout = "0ms"\n', /:2: dns\.timeout: must be at least "100ms"/],
+    ['a host name with a space and a line break', '[server]\nhostname = "bad host\\r\\nX"\n', /:2: server\.hostname: expected "" or a host name/],
+    ['a transport key that is not a domain', '[transport]\n"not a domain!!" = "local"\n', /:2: transport\.not a domain!!: bad key: expected a domain/],
+    ['a dotted key before any table', '# x\nsmtp.max_errors = 0\n', /:2: smtp\.max_errors: /],
+  ];
+  for (const [what, text, want] of cases) {
+    test(what, () => {
+      assert.match(errorOf(text).message, want);
+    });
+  }
+
+  test('the same keys accept sensible values', () => {
+    const c = load('[server]\nhostname = "mx.example.com"\n[queue]\nretry_min = "1s"\nretry_max = "1s"\nscan_interval = "200ms"\n[transport]\n".sub.example" = "local"\n"*" = "smtp:[127.0.0.1]:25"\n');
+    assert.equal(c.server.hostname, 'mx.example.com');
+  });
+});
+
 describe('lineOf', () => {
   const text = '[smtp]\nlisten = []\n\n[queue]\n"dir" = "x"\n';
 

@@ -68,6 +68,8 @@ export function parseConfig(text: string, name: string, cwd: string): Config {
         }
         continue;
       }
+      // A refused table key (e.g. in [transport]): zod reports "Invalid key"; the key's own rule says why.
+      if (issue.code === 'invalid_key' && issue.issues.length > 0) msg = `bad key: ${issue.issues[0]!.message}`;
       if (path.length === 0) path = ['(root)'];
       lines.push(`${name}:${lineOf(text, path)}: ${path.join('.')}: ${msg}`);
     }
@@ -123,10 +125,12 @@ export function lineOf(text: string, path: readonly string[]): string {
   if (section === undefined) return '?';
   let inSection = false;
   let sectionLine = -1;
+  let anyHeader = false;
   for (let i = 0; i < lines.length; i++) {
     const l = lines[i]!.trim();
     const header = /^\[\s*([^\]]+?)\s*\]/.exec(l);
     if (header !== null) {
+      anyHeader = true;
       const name = header[1]!.replace(/"/g, '');
       // A sub-table of a section, e.g. [smtp.x], is where the key "x" of [smtp] is.
       if (key !== undefined && name === `${section}.${key}`) return String(i + 1);
@@ -141,6 +145,8 @@ export function lineOf(text: string, path: readonly string[]): string {
       if (topKey(l) === key) return String(i + 1);
     }
     if (key === undefined && topKey(l) === section) return String(i + 1);
+    // A dotted key before any table header: smtp.max_errors = 0.
+    if (key !== undefined && !anyHeader && topKey(l) === `${section}.${key}`) return String(i + 1);
   }
   return sectionLine > 0 ? String(sectionLine) : '?';
 }

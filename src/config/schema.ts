@@ -6,19 +6,26 @@ import { parseDuration } from '../core/duration.ts';
 import { parseCidr } from '../core/cidr.ts';
 import { parseDomain } from '../core/address.ts';
 
-const duration = (def: string, doc: string) =>
+// `min` (a duration) where a shorter value, "0s" above all, would turn the limit off or make it fire at once.
+const duration = (def: string, doc: string, min = '0s') =>
   z
     .string()
     .refine((s) => parseDuration(s) !== null, { message: 'expected a duration such as "500ms", "30s", "5m", "4h", "5d"' })
+    .refine((s) => (parseDuration(s) ?? Infinity) >= parseDuration(min)!, { message: `must be at least "${min}"` })
     .default(def)
-    .describe(doc);
+    .describe(min === '0s' ? doc : `${doc} (at least ${min})`);
 
-const optionalDuration = (doc: string) =>
+const optionalDuration = (doc: string, min = '0s') =>
   z
     .string()
     .refine((s) => s === '' || parseDuration(s) !== null, { message: 'expected "" or a duration such as "30s"' })
+    .refine((s) => s === '' || (parseDuration(s) ?? Infinity) >= parseDuration(min)!, { message: `must be "" or at least "${min}"` })
     .default('')
-    .describe(doc);
+    .describe(min === '0s' ? doc : `${doc} (at least ${min})`);
+
+// A host or domain name as it may appear in the greeting, EHLO and Received: (no spaces, no line breaks).
+const hostName = (doc: string) =>
+  z.string().refine((s) => s === '' || parseDomain(s, false) !== null, { message: 'expected "" or a host name such as "mx.example.com"' }).default('').describe(doc);
 
 const int = (def: number, min: number, max: number, doc: string) =>
   z.number().int().min(min).max(max).default(def).describe(doc);
@@ -48,7 +55,7 @@ const ROUTE = /^(smtp:(\[[^\]]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?|lmtp:(unix:\/.+|[A-
 
 const server = z
   .strictObject({
-    hostname: z.string().default('').describe('Name in the greeting, HELO, Received and the self-signed certificate; "" = the OS hostname'),
+    hostname: hostName('Name in the greeting, HELO, Received and the self-signed certificate; "" = the OS hostname'),
     user: z.string().default('palisade').describe('Children run as this user when started as root; "" = no privilege drop at all'),
     smtpd_user: z.string().default('palisade-smtpd').describe('smtpd\'s own user (cannot read the queue); shares group "palisade" with `user`'),
     drain_timeout: duration('30s', 'On SIGTERM, sessions may finish for this long, then get 421 4.3.2'),
@@ -63,7 +70,7 @@ const smtp = z
     max_message_size: int(10_240_000, 1024, 2 ** 40, 'SIZE advertised and enforced, bytes (552 5.3.4)'),
     max_recipients: int(1000, 1, 100_000, 'Recipients per transaction, then 452 4.5.3 (RFC 5321 §4.5.3.1.8: at least 100)'),
     max_errors: int(20, 1, 10_000, 'Error replies per session before 421 and close'),
-    timeout: duration('300s', 'Per command and per DATA block (RFC 5321 §4.5.3.2)'),
+    timeout: duration('300s', 'Per command and per DATA block (RFC 5321 §4.5.3.2)', '1s'),
     max_sessions: int(200, 1, 1_000_000, 'Concurrent sessions over all workers, then 421 4.7.0'),
     max_sessions_per_ip: int(50, 0, 1_000_000, 'Concurrent sessions per client address; 0 = unlimited; trusted_networks exempt'),
     require_helo: z.boolean().default(false).describe('true: MAIL before EHLO/HELO gets 503 5.5.1'),
@@ -74,7 +81,7 @@ const smtp = z
     max_message_rate_per_ip: int(0, 0, 1_000_000, 'Messages (MAIL commands) per client address per minute, then 450 4.7.1; 0 = unlimited; trusted_networks exempt'),
     max_recipient_rate_per_ip: int(0, 0, 10_000_000, 'Accepted recipients per client address per minute, then 450 4.7.1 at RCPT; 0 = unlimited; trusted_networks exempt'),
     stress_threshold: z.number().min(0.1).max(1).default(0.8).describe('Stress mode starts when sessions reach this fraction of max_sessions (ends below 3/4 of that)'),
-    stress_timeout: duration('10s', 'Per-command timeout while in stress mode'),
+    stress_timeout: duration('10s', 'Per-command timeout while in stress mode', '1s'),
     stress_max_errors: int(3, 1, 10_000, 'Error replies per session before 421 while in stress mode'),
   })
   .prefault({});
@@ -102,29 +109,30 @@ const relay = z
   .prefault({});
 
 const transport = z
-  .record(z.string(), z.string().regex(ROUTE, { message: 'expected smtp:[host]:port, smtp:host, lmtp:host:port, lmtp:unix:/path or local' }))
+  .record(z.string().refine((k) => k === '*' || parseDomain(k.startsWith('.') ? k.slice(1) : k, true) !== null, { message: 'expected a domain, ".domain" or "*"' }), z.string().regex(ROUTE, { message: 'expected smtp:[host]:port, smtp:host, lmtp:host:port, lmtp:unix:/path or local' }))
   .default({})
   .describe('Routes: domain (".domain" = subdomains, "*" = every other) = smtp:[host]:port | lmtp:... | local');
 
 const queue = z
   .strictObject({
     dir: z.string().default('').describe('Queue directory; "" = <data_dir>/spool'),
-    retry_min: duration('5m', 'First retry delay; doubles up to retry_max'),
-    retry_max: duration('1h', 'Longest retry delay'),
-    lifetime: duration('5d', 'A message still undelivered after this is bounced'),
+    retry_min: duration('5m', 'First retry delay; doubles up to retry_max', '100ms'),
+    retry_max: duration('1h', 'Longest retry delay (at least retry_min)', '100ms'),
+    lifetime: duration('5d', 'A message still undelivered after this is bounced', '1s'),
     delay_warning: duration('4h', 'Send a delay DSN after this; "0s" = off'),
-    scan_interval: duration('5s', 'How often the queue manager looks for new and due messages besides commit notices'),
+    scan_interval: duration('5s', 'How often the queue manager looks for new and due messages besides commit notices', '100ms'),
     active_limit: int(10_000, 1, 10_000_000, 'Messages held in the active set at once; the rest wait on disk'),
     min_free_space: int(52_428_800, 0, 2 ** 50, 'Free bytes the spool\'s file system must keep; below it MAIL gets 452 4.3.1 while delivery goes on'),
   })
+  .refine((q) => parseDuration(q.retry_max)! >= parseDuration(q.retry_min)!, { message: 'must be at least retry_min', path: ['retry_max'] })
   .prefault({});
 
 const delivery = z
   .strictObject({
     concurrency: int(20, 1, 10_000, 'Parallel deliveries per destination: upper bound of the window'),
     initial_concurrency: int(5, 1, 10_000, 'Starting window per destination'),
-    connect_timeout: duration('30s', 'Outbound TCP connect timeout'),
-    timeout: optionalDuration('"" = RFC 5321 §4.5.3.2 timeouts per stage; a duration = that limit for every reply'),
+    connect_timeout: duration('30s', 'Outbound TCP connect timeout', '100ms'),
+    timeout: optionalDuration('"" = RFC 5321 §4.5.3.2 timeouts per stage; a duration = that limit for every reply', '100ms'),
     max_recipients: int(50, 1, 100_000, 'Recipients per outbound transaction'),
     workers: int(0, 0, 64, 'Delivery agent processes; 0 = CPU count'),
     max_parallel: int(500, 1, 100_000, 'Deliveries in flight over all destinations'),
@@ -146,7 +154,7 @@ const dns = z
       .array(z.string().refine((s) => parseListen(s) !== null || parseCidr(s) !== null, { message: 'expected "address" or "address:port"' }))
       .default([])
       .describe('DNS servers ("127.0.0.1:5353"); [] = /etc/resolv.conf'),
-    timeout: duration('5s', 'Per DNS query'),
+    timeout: duration('5s', 'Per DNS query', '100ms'),
     dnssec: z.boolean().default(true).describe('Trust the AD bit from these servers (DANE)'),
   })
   .prefault({});
