@@ -81,6 +81,10 @@ describe('mail', () => {
     assertReply(mail(newSession(CLIENT, 1), LIMITS, 'FROM:<a@example.org>'), 250, '2.1.0');
   });
 
+  test('refuses ESMTP parameters on MAIL before any EHLO with 501 5.5.4, as RCPT does', () => {
+    assertReply(mail(newSession(CLIENT, 1), LIMITS, 'FROM:<a@example.org> SIZE=100'), 501, '5.5.4');
+  });
+
   test('refuses MAIL before EHLO with 503 5.5.1 when HELO is required', () => {
     assertReply(mail(newSession(CLIENT, 1), { ...LIMITS, requireHelo: true }, 'FROM:<a@example.org>'), 503, '5.5.1');
   });
@@ -194,6 +198,10 @@ describe('rcpt', () => {
     const s = inMail();
     assertReply(rcpt(s, LIMITS, { ...POLICY, recipients: createTable(['someone']) }, 'TO:<Postmaster>'), 250, '2.1.5');
     assert.equal(s.recipients[0]!.address, 'postmaster@example.com');
+  });
+
+  test('reads "<Postmaster>x" as an address (a syntax error), not <Postmaster> with a parameter', () => {
+    assertReply(rcpt(inMail(), LIMITS, POLICY, 'TO:<Postmaster>x'), 501, '5.1.3');
   });
 
   test('stores NOTIFY and ORCPT with the recipient', () => {

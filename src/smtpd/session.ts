@@ -81,7 +81,8 @@ export function mail(s: Session, l: SessionLimits, args: string): Reply {
   // Parse the path allowing UTF-8, then refuse it unless SMTPUTF8 is among the parameters (RFC 6531 §3.4).
   const p = parsePath(rest, true, true);
   if (!p.ok) return p.problem === 'too-long' ? reply(501, '5.1.7', 'Sender address too long') : R.badSender;
-  if (s.helo !== null && !s.esmtp && p.rest !== '') return R.noParams;
+  // ESMTP parameters only after EHLO (RFC 5321 §4.1.1.11): not after HELO, nor before any greeting.
+  if (!s.esmtp && p.rest !== '') return R.noParams;
   const params = parseMailParams(p.rest, l.maxMessageSize);
   if (isReply(params)) return params;
   if (p.mailbox?.utf8 === true && params.smtputf8 !== true) return R.needSmtputf8;
@@ -102,7 +103,7 @@ export function rcpt(s: Session, l: SessionLimits, policy: RecipientPolicy, args
   const utf8 = s.mailParams.smtputf8 === true;
   let mbox: Mailbox;
   let paramText: string;
-  if (/^<postmaster>/i.test(rest)) {
+  if (/^<postmaster>(?=[ \t]|$)/i.test(rest)) {
     // RFC 5321 §4.1.1.3: "<Postmaster>" without a domain is always accepted.
     mbox = { local: 'postmaster', domain: [...policy.localDomains][0] ?? 'localhost', literal: false, utf8: false, routing: false, sourceRoute: false };
     paramText = rest.slice('<postmaster>'.length).trim();
