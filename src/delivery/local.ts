@@ -66,6 +66,13 @@ async function expandTarget(t: string, domain: string, deps: LocalDeps, depth: n
   if (t.startsWith('/')) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to files is disabled' }];
   if (t.toLowerCase().startsWith(':include:')) {
     const path = t.slice(9).trim();
+    // An include file counts as a level of expansion, and one already being expanded is not read again (a file
+    // that includes itself, directly or through others, would otherwise be read without end).
+    const key = `:include:${path}`;
+    if (seen.has(key)) return [];
+    if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion through ${path} deeper than ${MAX_ALIAS_DEPTH}` }];
+    seen = new Set(seen).add(key);
+    depth++;
     let text: string;
     try {
       text = await (deps.readInclude ?? ((p) => fsp.readFile(p, 'utf8')))(path);

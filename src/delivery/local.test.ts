@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: MIT
+// Unit tests for alias expansion: :include: files that include themselves or each other, and depth.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { expand, MAX_ALIAS_DEPTH, type LocalDeps } from './local.ts';
+import { createTable, parseAliases } from '../lookup/index.ts';
+
+function deps(aliases: string, files: Record<string, string>, reads: string[]): LocalDeps {
+  return {
+    mailboxDir: '/nonexistent',
+    localDomains: new Set(['mx.test']),
+    aliases: new Map(parseAliases(aliases).entries.map((e) => [e.name, e])),
+    recipients: createTable([]),
+    hostname: 'mx.test',
+    reinject: () => Promise.reject(new Error('not in this test')),
+    readInclude: (path) => {
+      reads.push(path);
+      return path in files ? Promise.resolve(files[path]!) : Promise.reject(Object.assign(new Error('no file'), { code: 'ENOENT' }));
+    },
+  };
+}
+
+test(':include: lists are expanded into their members', async () => {
+  const reads: string[] = [];
+  const t = await expand('staff@mx.test', deps('staff: :include:/etc/staff\n', { '/etc/staff': 'alice\nbob, carol@remote.test\n' }, reads));
+  assert.deepEqual(t, [
+    { kind: 'mailbox', user: 'alice', address: 'alice@mx.test' },
+    { kind: 'mailbox', user: 'bob', address: 'bob@mx.test' },
+    { kind: 'remote', address: 'carol@remote.test' },
+  ]);
+});
+
+test('an include file that includes itself is read once, and its members are still reached', async () => {
+  const reads: string[] = [];
+  const t = await expand('list@mx.test', deps('list: :include:/etc/list\n', { '/etc/list': 'bob, :include:/etc/list\n' }, reads));
+  assert.deepEqual(reads, ['/etc/list']);
+  assert.deepEqual(t, [{ kind: 'mailbox', user: 'bob', address: 'bob@mx.test' }]);
+});
+
+test('two include files that include each other end', async () => {
+  const reads: string[] = [];
+  const files = { '/etc/a': 'ann, :include:/etc/b\n', '/etc/b': 'ben, :include:/etc/a\n' };
+  const t = await expand('x@mx.test', deps('x: :include:/etc/a\n', files, reads));
+  assert.deepEqual(reads, ['/etc/a', '/etc/b']);
+  assert.deepEqual(t.map((x) => x.kind === 'mailbox' ? x.user : x.kind), ['ann', 'ben']);
+});
+
+test('a chain of include files deeper than the alias depth limit is refused with 5.4.6', async () => {
+  const files: Record<string, string> = {};
+  for (let i = 0; i < MAX_ALIAS_DEPTH + 5; i++) files[`/etc/l${i}`] = `:include:/etc/l${i + 1}\n`;
+  const reads: string[] = [];
+  const t = await expand('deep@mx.test', deps('deep: :include:/etc/l0\n', files, reads));
+  assert.ok(reads.length <= MAX_ALIAS_DEPTH, `read ${reads.length} files`);
+  assert.equal(t.length, 1);
+  assert.equal(t[0]!.kind, 'refused');
+  assert.equal((t[0] as { dsn: string }).dsn, '5.4.6');
+});
