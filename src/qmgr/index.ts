@@ -388,7 +388,9 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
 
   // Sends the DSNs this round calls for; false when injection failed (retry later).
   async function sendDsns(m: Msg, t: number): Promise<boolean> {
-    const failed = m.rcpts.filter((r) => r.report && r.status === 'bounced' && wants(r, 'FAILURE'));
+    // A message from <> that failed is held for the postmaster whatever its NOTIFY says (Palisade's own DSNs go
+    // out with NOTIFY=NEVER); other senders get a failure DSN where NOTIFY allows.
+    const failed = m.rcpts.filter((r) => r.report && r.status === 'bounced' && (m.env.sender === '' || wants(r, 'FAILURE')));
     // RFC 3461 §5.2.1: a next hop that took NOTIFY=SUCCESS reports success itself; we do not as well.
     const success = m.rcpts.filter((r) => r.report && r.status === 'sent' && wants(r, 'SUCCESS') && r.relayed !== 'dsn');
     const age = t - m.arrival;

@@ -155,6 +155,19 @@ describe('delivery status notifications', () => {
     await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && attempts() > before);
   });
 
+  test('a DSN of ours that cannot be delivered (its recipient refused) is held for the postmaster, not dropped', async () => {
+    // nobody@remote.test is refused by the peer both as a recipient of the message and of the DSN to it.
+    const r = await sendMessage(p.port, 'nobody@remote.test', ['b@remote.test'], 'Subject: doubly lost\n\nanyone?\n');
+    const qid = queueIdOf(r);
+    const dsnLine = await p.waitLog((l) => l.event === 'dsn' && l.qid === qid);
+    const dsnQid = String(dsnLine.dsn_qid);
+    await p.waitLog((l) => l.event === 'held' && l.qid === dsnQid);
+    assert.ok(p.logs().some((l) => l.event === 'double-bounce' && l.qid === dsnQid));
+    assert.ok(!p.logs().some((l) => l.event === 'removed' && l.qid === dsnQid), 'the DSN is not removed');
+    const list = JSON.parse((await p.cli(['queue', 'list', '--json'])).stdout) as { id: string; state: string; sender: string }[];
+    assert.deepEqual(list.filter((x) => x.id === dsnQid).map((x) => [x.state, x.sender]), [['hold', '']]);
+  });
+
   test('a failure DSN travels to the sender\'s next hop from <> with NOTIFY=NEVER', async () => {
     const before = peer.messages.length;
     const r = await sendMessage(p.port, 'someone@sender.test', ['nobody@remote.test'], 'Subject: lost\n\nwhere\n');
