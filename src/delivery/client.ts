@@ -26,6 +26,8 @@ export class ConnectionError extends Error {
 // Limits on what a server may send us (RFC 5321 §4.5.3.1.5: reply lines at most 512 octets; be lenient).
 const MAX_REPLY_LINE = 4096;
 const MAX_REPLY_LINES = 100;
+// A write the peer does not take within this long fails the connection (callers pass the stage's timeout).
+const WRITE_TIMEOUT = 300_000;
 
 /** Reads replies from a connected socket. */
 export class ReplyReader {
@@ -33,6 +35,8 @@ export class ReplyReader {
   private buf = '';
   private replies: ServerReply[] = [];
   private waiter: ((r: ServerReply | Error) => void) | null = null;
+  // A write waiting for 'drain'.
+  private writeWaiter: ((e: Error) => void) | null = null;
   private error: Error | null = null;
   private pendingLines: string[] = [];
 
@@ -82,6 +86,7 @@ export class ReplyReader {
     const w = this.waiter;
     this.waiter = null;
     w?.(e);
+    this.writeWaiter?.(e);
   }
 
   /** True when no error happened and replies are not pending (the connection may be reused). */
@@ -110,13 +115,37 @@ export class ReplyReader {
     });
   }
 
-  /** Writes data; resolves when it has been handed to the kernel (backpressure). */
-  write(data: string | Buffer): Promise<void> {
+  /**
+   * Writes data; resolves when it has been handed to the kernel (backpressure). A peer that stops reading
+   * fails the connection after `timeoutMs` (RFC 5321 §4.5.3.2.5: the data block timeout), and a connection
+   * that breaks while waiting rejects at once.
+   */
+  write(data: string | Buffer, timeoutMs = WRITE_TIMEOUT): Promise<void> {
     if (this.error) return Promise.reject(this.error);
     return new Promise((resolve, reject) => {
       const ok = this.sock.write(data, (e) => (e ? reject(new ConnectionError(e.message)) : undefined));
-      if (ok) resolve();
-      else this.sock.once('drain', () => resolve());
+      if (ok) return resolve();
+      const done = () => {
+        clearTimeout(timer);
+        this.sock.off('drain', onDrain);
+        this.writeWaiter = null;
+      };
+      const onDrain = () => {
+        done();
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        done();
+        const e = new ConnectionError(`timeout after ${timeoutMs / 1000}s sending data (the peer stopped reading)`);
+        this.fail(e);
+        this.sock.destroy();
+        reject(e);
+      }, timeoutMs);
+      this.writeWaiter = (e) => {
+        done();
+        reject(e);
+      };
+      this.sock.on('drain', onDrain);
     });
   }
 }

@@ -234,13 +234,13 @@ export class ClientSession {
     let pending: Buffer | null = null;
     // The last chunk goes out with the end of data in one write.
     for await (const chunk of messageChunks(msg.file, msg.offset, msg.length)) {
-      if (pending !== null) await this.r.write(pending);
+      if (pending !== null) await this.r.write(pending, this.opts.timeouts.dataBlock);
       const c = chunk as Buffer;
       if (c.length > 0) last = c[c.length - 1]!;
       pending = dotStuff(c, state);
     }
     const end = last === 0x0a ? END_DATA : CRLF_END_DATA;
-    await this.r.write(pending === null ? end : Buffer.concat([pending, end]));
+    await this.r.write(pending === null ? end : Buffer.concat([pending, end]), this.opts.timeouts.dataBlock);
   }
 
   // A 354 we did not want (pipelined DATA after failures): end it empty, discard the reply.

@@ -68,3 +68,41 @@ describe('a hanging destination', () => {
     assert.ok(!p.logs().some((l) => l.event === 'delivery' && slow.includes(String(l.qid)) && l.status !== 'deferred'));
   });
 });
+
+describe('a destination that stops reading the message after 354', () => {
+  let stalled: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    stalled = await startSmtpPeer({ stallData: true });
+    p = await startPalisade({
+      smtp: 'max_message_size = 20000000',
+      toml: `[transport]\n"stall.test" = "smtp:[127.0.0.1]:${stalled.port}"\n` +
+        '[queue]\nretry_min = "30s"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\ntimeout = "2s"\n',
+    });
+  });
+  after(async () => {
+    const code = await p?.stop();
+    await stalled?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
+  });
+
+  test('the delivery fails after the data timeout (RFC 5321 §4.5.3.2.5) and is deferred, not left hanging', async () => {
+    // Larger than what the kernel buffers on both sides take in without the peer reading.
+    const line = 'x'.repeat(998) + '\r\n';
+    const c = await openSession(p.port);
+    let qid: string;
+    try {
+      await c.ok('MAIL FROM:<sender@client.test>');
+      await c.ok('RCPT TO:<big@stall.test>');
+      await c.ok('DATA', 354);
+      c.write('Subject: big\r\n\r\n' + line.repeat(9000) + '.\r\n');
+      qid = queueIdOf(await c.expect(250));
+    } finally {
+      c.close();
+    }
+    const d = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid, 20_000);
+    assert.equal(d.status, 'deferred');
+    assert.match(String(d.dsn), /^4\./);
+    assert.match(String(d.reply), /timeout after 2s sending data/);
+  });
+});

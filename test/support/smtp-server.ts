@@ -45,6 +45,8 @@ export interface PeerScript {
   extensions: PeerExtensions;
   /** Accept the TCP connection and never say a word. */
   hang: boolean;
+  /** Answer DATA with 354, then stop reading (the client's writes of the message must time out). */
+  stallData: boolean;
   /** The next N transactions get `tempfailReply` to every RCPT (counts down as they are used). */
   tempfailRcpt: number;
   /** The next N messages get `tempfailReply` after the final dot (counts down as they are used). */
@@ -106,6 +108,7 @@ export async function startSmtpPeer(
     lmtp: false,
     hostname: 'peer.test',
     hang: false,
+    stallData: false,
     tempfailRcpt: 0,
     tempfailData: 0,
     tempfailReply: '451 4.3.0 Try again later',
@@ -216,7 +219,9 @@ export async function startSmtpPeer(
           if (from === null) return send('503 5.5.1 Need MAIL first');
           if (rcpts.length === 0) return send('554 5.5.1 No valid recipients');
           inData = true;
-          return send('354 End data with <CR><LF>.<CR><LF>');
+          send('354 End data with <CR><LF>.<CR><LF>');
+          if (s.stallData) sock.pause();
+          return;
         case 'RSET':
           reset();
           return send('250 2.0.0 Ok');
