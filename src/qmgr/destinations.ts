@@ -64,6 +64,14 @@ export class Destinations {
     this.pump();
   }
 
+  /** Forgets which destinations are dead (an operator's flush): their next jobs are tried again. */
+  revive(): void {
+    for (const d of this.dests.values()) {
+      d.deadUntil = 0;
+      d.failures = 0;
+    }
+  }
+
   /** Jobs in flight over all destinations. */
   get inFlight(): number {
     return this.active;

@@ -69,7 +69,10 @@ interface Msg {
   readonly length: number;
   readonly rcpts: Rcpt[];
   inFlight: number;
+  /** Rounds that tried a delivery (the backoff exponent); a round a dead destination deferred at once is not one. */
   attempts: number;
+  /** This round handed at least one job to a delivery agent. */
+  tried: boolean;
   warned: boolean;
   pendingAction: 'hold' | 'delete' | null;
   /** Outcomes of this round not yet written to the file. */
@@ -90,6 +93,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   const delayWarning = parseDuration(cfg.queue.delay_warning)!;
   const scanMs = parseDuration(cfg.queue.scan_interval)!;
   const overrides = cfg.delivery.reply_overrides.map((o) => ({ re: new RegExp(o.pattern, 'i'), action: o.action }));
+  // The last reply of a failed delivery per destination, for what a dead destination's deferrals report.
+  const lastFailure = new Map<string, string>();
   const dests = new Destinations({ initial: cfg.delivery.initial_concurrency, max: cfg.delivery.concurrency, global: cfg.delivery.max_parallel, deadMs: retryMin }, now);
   const active = new Map<string, Msg>();
   /** Deferred messages not in memory: id → next retry (ms). */
@@ -109,7 +114,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
 
   // ---- loading ---------------------------------------------------------------
 
-  async function load(id: string, from: MessageState): Promise<void> {
+  // `expireOnly`: a held message past its lifetime bounces without another delivery attempt (it was held).
+  async function load(id: string, from: MessageState, expireOnly = false): Promise<void> {
     if (stopping || active.has(id) || loading.has(id)) return;
     if (active.size >= cfg.queue.active_limit) return; // waits on disk; the next scan takes it
     loading.add(id);
@@ -176,13 +182,15 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         }),
         inFlight: 0,
         attempts: rounds.size,
+        tried: false,
         warned,
         pendingAction: null,
         unsaved: [],
       };
       active.set(id, m);
       deferred.delete(id);
-      schedule(m);
+      if (expireOnly) void finishRound(m);
+      else schedule(m);
     } finally {
       loading.delete(id);
     }
@@ -224,12 +232,17 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         queued.push({
           dest: d.key,
           run: async () => {
+            m.tried = true;
             const res = await dispatch(job);
+            if (res.destinationFailed) lastFailure.set(d.key, res.results.find((r) => r.reply !== '')?.reply ?? '');
             await recordResults(m, job, res.results, started);
             return res.destinationFailed;
           },
           fail: (reason) => {
-            void recordResults(m, job, job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.4.1', reply: reason, relay: '' })), started);
+            // Keep the cause in sight (queue show, the DSN): the failure that made the destination dead.
+            const cause = lastFailure.get(d.key);
+            const reply = cause ? `${reason}; last error: ${cause}` : reason;
+            void recordResults(m, job, job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.4.1', reply, relay: '' })), started);
           },
         });
       }
@@ -354,7 +367,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         log.info({ event: 'held', qid: m.id });
         return;
       }
-      m.attempts++;
+      if (m.tried || m.attempts === 0) m.attempts++;
+      m.tried = false;
       const delay = Math.min(retryMax, retryMin * 2 ** Math.min(30, m.attempts - 1));
       await toDeferred(m, t + delay);
     } catch (e) {
@@ -469,12 +483,12 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     }
   }
 
-  // Held messages obey the lifetime too: past it they are released so they bounce.
+  // Held messages obey the lifetime too: past it they bounce (5.4.7), without a delivery attempt.
   async function expireHeld(t: number): Promise<void> {
     for (const id of await readIds('hold')) {
       try {
         const q = await store.read('hold', id);
-        if (q.envelope.sender !== '' && t - Date.parse(q.envelope.arrival) >= lifetime) await load(id, 'hold');
+        if (q.envelope.sender !== '' && t - Date.parse(q.envelope.arrival) >= lifetime) await load(id, 'hold', true);
       } catch {
         /* raced with release/delete */
       }
@@ -486,6 +500,9 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   async function control(c: QmgrCommand): Promise<{ ok: boolean; error?: string; code?: number; [k: string]: unknown }> {
     if (c.cmd === 'status') return { ok: true, active: active.size, deferred: deferred.size, in_flight: dests.inFlight, waiting: dests.waiting };
     if (c.cmd === 'flush') {
+      // As Postfix's flush: destinations marked dead are tried again too.
+      dests.revive();
+      lastFailure.clear();
       for (const id of deferred.keys()) deferred.set(id, 0);
       void scan();
       return { ok: true, flushed: deferred.size };
@@ -505,11 +522,18 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         await store.move(id, where, 'hold');
         log.info({ event: 'held', qid: id });
         return { ok: true };
-      case 'release':
+      case 'release': {
         if (where !== 'hold') return { ok: false, code: 1, error: `message ${id} is not on hold` };
         await load(id, 'hold');
-        log.info({ event: 'released', qid: id });
-        return { ok: true };
+        // Not taken (the active set is full): it leaves hold anyway and waits in deferred/, due now.
+        const waits = (await store.locate(id)) === 'hold';
+        if (waits) {
+          await store.move(id, 'hold', 'deferred');
+          deferred.set(id, 0);
+        }
+        log.info({ event: 'released', qid: id, ...(waits ? { note: 'waits for room in the active set' } : {}) });
+        return { ok: true, ...(waits ? { note: 'waits for room in the active set' } : {}) };
+      }
       case 'delete':
         if (m) {
           m.pendingAction = 'delete';
@@ -521,7 +545,13 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         log.info({ event: 'deleted', qid: id });
         return { ok: true };
       case 'requeue':
-        if (where === 'deferred') await load(id, 'deferred');
+        if (where === 'deferred') {
+          // Due now: taken at once, or by the next scan when the active set has room; a dead destination is
+          // tried again.
+          dests.revive();
+          deferred.set(id, 0);
+          await load(id, 'deferred');
+        }
         return { ok: true };
     }
   }

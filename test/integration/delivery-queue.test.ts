@@ -136,3 +136,60 @@ describe('queue control during delivery', () => {
     });
   });
 });
+
+describe('queue control at the limits', () => {
+  let peer: SmtpPeer;
+  let hung: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    peer = await startSmtpPeer();
+    hung = await startSmtpPeer({ hang: true });
+    // One message in the active set at a time; a short lifetime; the hung peer holds its delivery for 3 s.
+    p = await startPalisade({
+      toml: `[transport]\n"hang.test" = "smtp:[127.0.0.1]:${hung.port}"\n"*" = "smtp:[127.0.0.1]:${peer.port}"\n` +
+        '[queue]\nactive_limit = 1\nretry_min = "60s"\nretry_max = "60s"\nlifetime = "6s"\ndelay_warning = "0s"\nscan_interval = "200ms"\n' +
+        '[delivery]\nworkers = 1\ntimeout = "3s"\n',
+    });
+  });
+  after(async () => {
+    const code = await p?.stop();
+    await Promise.all([peer?.close(), hung?.close()]);
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
+  });
+
+  const store = () => new QueueStore(p.spool);
+  const deliveredTo = (rcpt: string) => peer.messages.filter((m) => m.rcpts.some((r) => r.address === rcpt)).length;
+
+  async function heldMessage(rcpt: string): Promise<string> {
+    peer.script.rcptReplies[rcpt] = LATER;
+    const qid = queueIdOf(await sendMessage(p.port, 'sender@client.test', [rcpt], `Subject: ${rcpt}\n\nqueued\n`));
+    await waitFor(`${qid} deferred`, async () => ((await store().locate(qid)) === 'deferred' ? true : undefined));
+    assert.equal((await p.cli(['queue', 'hold', qid])).code, 0);
+    delete peer.script.rcptReplies[rcpt];
+    return qid;
+  }
+
+  test('release while the active set is full: the message leaves hold at once and is delivered when there is room', async () => {
+    const qid = await heldMessage('released@remote.test');
+    // The hung destination takes the only active slot for its 3 s timeout.
+    const busy = queueIdOf(await sendMessage(p.port, 'sender@client.test', ['stuck@hang.test'], 'Subject: stuck\n\nx\n'));
+    await hung.waitConnections(1, 5_000);
+    const r = await p.cli(['queue', 'release', qid]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.notEqual(await store().locate(qid), 'hold', 'released means out of hold, even with no room to deliver yet');
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === busy, 10_000);
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status === 'sent', 10_000);
+    assert.equal(deliveredTo('released@remote.test'), 1);
+  });
+
+  test('a held message past its lifetime bounces with 5.4.7 without another delivery attempt', async () => {
+    const qid = await heldMessage('expires@remote.test');
+    const bounced = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status !== 'deferred', 15_000);
+    assert.equal(bounced.status, 'bounced');
+    assert.equal(bounced.dsn, '5.4.7');
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid);
+    assert.equal(deliveredTo('expires@remote.test'), 0, 'the peer accepts it now, but a held message is not delivered');
+    // The sender is told (its DSN goes to the peer, from <>).
+    await waitFor('the failure DSN', () => (peer.messages.some((m) => m.from === '' && m.rcpts.some((x) => x.address === 'sender@client.test')) ? true : undefined));
+  });
+});

@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: MIT
+// Unit tests for the per-destination scheduler: slow start, the dead state, and an operator's revive.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Destinations, type QueuedJob } from './destinations.ts';
+
+/** A job whose run() resolves when the test says so. */
+function job(dest: string, log: string[]): QueuedJob & { finish(destFailed: boolean): void } {
+  let finish: (v: boolean) => void = () => {};
+  return {
+    dest,
+    run: () => {
+      log.push(`run ${dest}`);
+      return new Promise<boolean>((r) => (finish = r));
+    },
+    fail: (reason) => log.push(`fail ${dest}: ${reason}`),
+    finish: (v) => finish(v),
+  };
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+test('a destination failing at the smallest window turns dead: its backlog and new jobs are deferred at once', async () => {
+  const log: string[] = [];
+  let t = 1000;
+  const d = new Destinations({ initial: 1, max: 4, global: 100, deadMs: 60_000 }, () => t);
+  const jobs = Array.from({ length: 5 }, () => job('down.test', log));
+  for (const j of jobs) d.add(j);
+  for (let i = 0; i < 3; i++) {
+    jobs[i]!.finish(true);
+    await tick();
+  }
+  assert.deepEqual(log.filter((l) => l.startsWith('run')).length, 3);
+  assert.equal(log.filter((l) => l.startsWith('fail')).length, 2, 'the backlog was deferred');
+  const late = job('down.test', log);
+  d.add(late);
+  assert.match(log.at(-1)!, /^fail down\.test: destination down\.test is not responding/);
+  // Other destinations are not affected.
+  const other = job('up.test', log);
+  d.add(other);
+  assert.equal(log.at(-1), 'run up.test');
+  // Dead for deadMs, then tried again.
+  t += 60_001;
+  d.add(job('down.test', log));
+  assert.equal(log.at(-1), 'run down.test');
+});
+
+test('revive (an operator\'s flush) makes a dead destination take jobs again at once', async () => {
+  const log: string[] = [];
+  const d = new Destinations({ initial: 1, max: 4, global: 100, deadMs: 60_000 }, () => 1000);
+  for (let i = 0; i < 3; i++) {
+    const j = job('down.test', log);
+    d.add(j);
+    j.finish(true);
+    await tick();
+  }
+  d.add(job('down.test', log));
+  assert.match(log.at(-1)!, /^fail /);
+  d.revive();
+  d.add(job('down.test', log));
+  assert.equal(log.at(-1), 'run down.test');
+});
+
+test('the window grows by one per success up to the maximum', async () => {
+  const log: string[] = [];
+  const d = new Destinations({ initial: 1, max: 2, global: 100, deadMs: 1000 }, () => 0);
+  const jobs = Array.from({ length: 4 }, () => job('x.test', log));
+  for (const j of jobs) d.add(j);
+  assert.equal(log.length, 1, 'window 1: one job runs');
+  jobs[0]!.finish(false);
+  await tick();
+  assert.equal(log.length, 3, 'window 2: two run');
+});
