@@ -7,6 +7,7 @@ import { connect, type Socket } from 'node:net';
 import type { DeliveryJob, RecipientResult } from '../core/delivery.ts';
 import { ConnectionError, ReplyReader, replyLine, type ServerReply } from './client.ts';
 import { dotStuff, messageChunks } from './message.ts';
+import { readHeaderSection } from '../queue/index.ts';
 
 /** RFC 5321 §4.5.3.2 timeouts in milliseconds. */
 export interface StageTimeouts {
@@ -136,8 +137,14 @@ export class ClientSession {
     const relay = this.endpoint.name;
     const all = (status: RecipientResult['status'], dsn: string, reply: string): RecipientResult[] =>
       job.recipients.map((r) => ({ index: r.index, status, dsn, reply, relay }));
-    if (job.smtputf8 && !this.ext.has('SMTPUTF8')) return all('bounced', '5.6.7', `${relay} does not support SMTPUTF8`);
-    if (msg.eightBit && !job.smtputf8 && !this.ext.has('8BITMIME')) {
+    let utf8 = job.smtputf8;
+    if (utf8 && !this.ext.has('SMTPUTF8')) {
+      // RFC 6531 §3.2: SMTPUTF8 is needed only for UTF-8 in the envelope or the header; without it the message
+      // goes on as it is (as Postfix does), with it the peer cannot take it.
+      if (await needsSmtputf8(job, msg)) return all('bounced', '5.6.7', `${relay} does not support SMTPUTF8`);
+      utf8 = false;
+    }
+    if (msg.eightBit && !utf8 && !this.ext.has('8BITMIME')) {
       return all('bounced', '5.6.3', `${relay} does not support 8BITMIME; 8-bit message not converted`);
     }
     const max = Number(this.ext.get('SIZE') ?? '0');
@@ -148,7 +155,7 @@ export class ClientSession {
     let mailCmd = `MAIL FROM:<${job.sender}>`;
     if (this.ext.has('SIZE')) mailCmd += ` SIZE=${msg.length}`;
     if (msg.eightBit && this.ext.has('8BITMIME')) mailCmd += ' BODY=8BITMIME';
-    if (job.smtputf8) mailCmd += ' SMTPUTF8';
+    if (utf8) mailCmd += ' SMTPUTF8';
     if (dsn && job.ret) mailCmd += ` RET=${job.ret}`;
     if (dsn && job.envid !== undefined) mailCmd += ` ENVID=${xtext(job.envid)}`;
     const rcptCmds = job.recipients.map((r) => {
@@ -294,4 +301,13 @@ export function dsnOf(rep: ServerReply, stage: 'mail' | 'rcpt' | 'data'): string
   if (rep.enhanced !== '' && rep.enhanced[0] === cls) return rep.enhanced;
   if (rep.enhanced !== '') return `${cls}${rep.enhanced.slice(1)}`;
   return `${cls}.0.0`;
+}
+
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** True when the envelope or the header section carries UTF-8 (the message then needs an SMTPUTF8 peer). */
+async function needsSmtputf8(job: DeliveryJob, msg: OutboundMessage): Promise<boolean> {
+  if (NON_ASCII.test(job.sender) || job.recipients.some((r) => NON_ASCII.test(r.address))) return true;
+  if (msg.length === 0) return false;
+  return NON_ASCII.test((await readHeaderSection(msg.file, msg.offset, msg.length)).toString('latin1'));
 }

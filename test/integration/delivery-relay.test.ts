@@ -234,3 +234,33 @@ describe('relaying to the next hop', () => {
     assert.equal(x.status, 'deferred');
   });
 });
+
+describe('SMTPUTF8 to a peer without it', () => {
+  let ascii: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    ascii = await startSmtpPeer({ extensions: { smtputf8: false } });
+    p = await startPalisade({ toml: `[transport]\n"ascii.test" = "smtp:[127.0.0.1]:${ascii.port}"\n${FAST}` });
+  });
+  after(async () => {
+    const code = await p?.stop();
+    await ascii?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
+  });
+
+  test('a message sent with SMTPUTF8 but all ASCII in envelope and header goes on without the parameter (RFC 6531 §3.2)', async () => {
+    const qid = await sendRaw(p.port, 'MAIL FROM:<plain@mx.test> SMTPUTF8', ['RCPT TO:<bob@ascii.test>'], Buffer.from('Subject: plain\r\n\r\nk\u00e4se in the body only\r\n.\r\n', 'utf8'));
+    const [m] = await ascii.waitMessages(1);
+    assert.equal(m!.mailParams.SMTPUTF8, undefined, 'MAIL without SMTPUTF8');
+    assert.equal(m!.mailParams.BODY, '8BITMIME', 'the 8-bit body is declared as such');
+    assert.equal((await p.waitLog((l) => l.event === 'delivery' && l.qid === qid)).status, 'sent');
+  });
+
+  test('UTF-8 in a header field still needs SMTPUTF8: bounced with 5.6.7', async () => {
+    const qid = await sendRaw(p.port, 'MAIL FROM:<plain@mx.test> SMTPUTF8', ['RCPT TO:<carol@ascii.test>'], Buffer.from('Subject: gr\u00fc\u00dfe\r\n\r\nhi\r\n.\r\n', 'utf8'));
+    const log = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(log.status, 'bounced');
+    assert.equal(log.dsn, '5.6.7');
+    assert.equal(ascii.messages.length, 1, 'only the first message reached the peer');
+  });
+});
