@@ -2,7 +2,7 @@
 // main: the only wiring point. `palisade <command>` for operators, `main.ts child <role>` for the processes
 // master starts. Loads config, creates components with their dependencies, installs signal handlers.
 
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type AddressInfo, type Server } from 'node:net';
 import { chmodSync, chownSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config/index.ts';
@@ -23,7 +23,31 @@ async function main(argv: string[]): Promise<number> {
     return -1; // a child stays alive until told to stop
   }
   const { runCli } = await import('./cli/index.ts');
-  return runCli(argv, { start });
+  return runCli(argv, { start, smtpOnStdio });
+}
+
+// sendmail -bs: one SMTP session on stdin/stdout, served by smtpd's own state machine in this process over a
+// loopback connection it makes to itself (a local submission, trusted like any other), injecting through
+// cleanup. Nothing is logged: stdout is the session.
+async function smtpOnStdio(cfg: Config): Promise<number> {
+  const { createSmtpd } = await import('./smtpd/index.ts');
+  const { QueueStore } = await import('./queue/index.ts');
+  const gate: SessionGate = { flags: { stress: false, diskLow: false }, admit: () => 'ok', release: () => {}, message: () => Promise.resolve(true) };
+  const smtpd = createSmtpd({ log: createLogger('sendmail', 'silent'), gate, cleanupPath: new QueueStore(cfg.queue.dir).path('private', 'cleanup') }, cfg);
+  const server = createServer({ allowHalfOpen: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  smtpd.attach(server);
+  const sock = connect((server.address() as AddressInfo).port, '127.0.0.1');
+  process.stdin.pipe(sock);
+  sock.pipe(process.stdout, { end: false });
+  await new Promise<void>((resolve) => sock.on('close', () => resolve()));
+  server.close();
+  // The session is over: flush what it wrote, then go (idle connections to cleanup would keep the process).
+  await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
+  process.exit(0);
 }
 
 // palisade start: master in the foreground until it has stopped.
@@ -238,7 +262,7 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         return;
       }
       case 'listen': {
-        const server: Server = createServer({ pauseOnConnect: false });
+        const server: Server = createServer({ pauseOnConnect: false, allowHalfOpen: true });
         server.on('error', (e: NodeJS.ErrnoException) => process.send!({ type: 'listen-error', display: m.display, code: e.code ?? e.message }));
         server.listen(handle as object, () => {
           smtpd.attach(server);

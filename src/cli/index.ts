@@ -15,6 +15,8 @@ import { runSendmail } from './sendmail.ts';
 export interface CliEnv {
   /** Runs Palisade in the foreground (wired in main.ts); resolves with the exit code. */
   readonly start: (cfg: Config, configFile: string | null) => Promise<number>;
+  /** sendmail -bs: one SMTP session on stdin/stdout through smtpd's state machine (wired in main.ts). */
+  readonly smtpOnStdio: (cfg: Config) => Promise<number>;
 }
 
 const HELP: Record<string, string> = {
@@ -51,7 +53,12 @@ Exit 1 when the queue ID is unknown, 75 when Palisade is not running (all but li
 /** Runs a CLI command; resolves with the exit code. */
 export async function runCli(argv: string[], env: CliEnv): Promise<number> {
   const cmd = argv[0] ?? '';
-  if (cmd === 'sendmail') return runSendmail(argv.slice(1));
+  if (cmd === 'sendmail') {
+    return runSendmail(argv.slice(1), {
+      listQueue: (config) => runCli(['queue', 'list', ...(config !== undefined ? ['--config', config] : [])], env),
+      smtpOnStdio: env.smtpOnStdio,
+    });
+  }
   if (cmd === 'mailq') return runCli(['queue', 'list', ...argv.slice(1)], env);
   let parsed;
   try {

@@ -5,7 +5,7 @@
 
 import { userInfo } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { configPath, loadConfig, ConfigError } from '../config/index.ts';
+import { configPath, loadConfig, ConfigError, type Config } from '../config/index.ts';
 import { parseMailbox, mailboxToString } from '../core/address.ts';
 import type { EnvelopeRecipient } from '../core/envelope.ts';
 import { EXIT } from '../core/exit.ts';
@@ -14,7 +14,11 @@ import { QueueStore } from '../queue/index.ts';
 import { rfc5322Date } from '../core/date.ts';
 
 interface Options {
+  /** -bm (default): read a message; -bp: list the queue; -bs: SMTP on stdin and stdout. */
+  mode: 'deliver' | 'list' | 'smtp';
   extract: boolean;
+  /** -i / -oi: a line with only "." does not end the message (without it, it does, as in sendmail). */
+  ignoreDots: boolean;
   sender: string | null;
   fullName: string | null;
   config: string | undefined;
@@ -23,7 +27,7 @@ interface Options {
 
 // sendmail's option syntax predates getopt conventions (-oi, -bs, -f addr / -faddr), so it is parsed by hand.
 function parseOptions(argv: string[]): Options | string {
-  const o: Options = { extract: false, sender: null, fullName: null, config: undefined, recipients: [] };
+  const o: Options = { mode: 'deliver', extract: false, ignoreDots: false, sender: null, fullName: null, config: undefined, recipients: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--') {
@@ -38,15 +42,17 @@ function parseOptions(argv: string[]): Options | string {
       o.recipients.push(a);
       continue;
     }
+    // Flags without a value may be combined: -ti, -it.
+    if (/^-[tiv]+$/.test(a)) {
+      if (a.includes('t')) o.extract = true;
+      if (a.includes('i')) o.ignoreDots = true;
+      continue;
+    }
     const flag = a.slice(1, 2);
     switch (flag) {
-      case 't':
-        o.extract = true;
-        break;
-      case 'i':
-        break; // a lone "." does not end the message: always so here
       case 'o':
-        break; // -oi, -oem, -odb ...: accepted, nothing to change
+        if (a === '-oi') o.ignoreDots = true;
+        break; // -oem, -odb ...: accepted, nothing to change
       case 'f':
       case 'r':
         o.sender = a.length > 2 ? a.slice(2) : (argv[++i] ?? null);
@@ -56,9 +62,11 @@ function parseOptions(argv: string[]): Options | string {
         o.fullName = a.length > 2 ? a.slice(2) : (argv[++i] ?? null);
         break;
       case 'b':
-        if (a === '-bm') break;
-        return `${a} is not supported (use "palisade queue list" for -bp)`;
-      case 'v':
+        if (a === '-bm') o.mode = 'deliver';
+        else if (a === '-bp') o.mode = 'list';
+        else if (a === '-bs') o.mode = 'smtp';
+        else return `${a} is not supported (-bm, -bp and -bs are)`;
+        break;
       case 'm':
       case 'N':
       case 'B':
@@ -73,11 +81,19 @@ function parseOptions(argv: string[]): Options | string {
   return o;
 }
 
-function readStdin(limit: number): Promise<Buffer | null> {
+// Reads the message from stdin. Without -i a line with only "." ends it (the rest of the input is not read), so
+// a user typing a message can end it as with sendmail.
+function readStdin(limit: number, ignoreDots: boolean): Promise<Buffer | null> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let n = 0;
-    process.stdin.on('data', (c: Buffer) => {
+    let scanned = 0;
+    const finish = (b: Buffer) => {
+      process.stdin.off('data', onData);
+      process.stdin.pause();
+      resolve(b);
+    };
+    const onData = (c: Buffer) => {
       n += c.length;
       if (n > limit) {
         resolve(null);
@@ -85,10 +101,26 @@ function readStdin(limit: number): Promise<Buffer | null> {
         return;
       }
       parts.push(c);
-    });
+      if (ignoreDots) return;
+      const all = Buffer.concat(parts);
+      const end = dotLine(all, Math.max(0, scanned - 1));
+      if (end >= 0) return finish(all.subarray(0, end));
+      scanned = all.length;
+    };
+    process.stdin.on('data', onData);
     process.stdin.on('end', () => resolve(Buffer.concat(parts)));
     process.stdin.on('error', reject);
   });
+}
+
+// Where a line consisting of "." starts in `b` (searching from `from`, a line start or inside a line), or -1.
+function dotLine(b: Buffer, from: number): number {
+  for (let i = b.indexOf(0x2e, from); i >= 0; i = b.indexOf(0x2e, i + 1)) {
+    if (i > 0 && b[i - 1] !== 0x0a) continue;
+    const next = b[i + 1];
+    if (next === 0x0a || (next === 0x0d && b[i + 2] === 0x0a)) return i;
+  }
+  return -1;
 }
 
 // RFC 5322 §2.2: a field name is printable ASCII except ":", then ":".
@@ -131,13 +163,22 @@ function addressesIn(value: string): string[] {
   return out;
 }
 
+/** What sendmail's other modes run (wired by the CLI and main.ts). */
+export interface SendmailModes {
+  /** -bp: the queue listing (mailq). */
+  readonly listQueue: (configFile: string | undefined) => Promise<number>;
+  /** -bs: an SMTP session on stdin/stdout; resolves with the exit code when it ends. */
+  readonly smtpOnStdio: (cfg: Config) => Promise<number>;
+}
+
 /** Runs sendmail with `argv`; resolves with the exit code. */
-export async function runSendmail(argv: string[]): Promise<number> {
+export async function runSendmail(argv: string[], modes: SendmailModes): Promise<number> {
   const o = parseOptions(argv);
   if (typeof o === 'string') {
-    process.stderr.write(`sendmail: ${o}\nusage: sendmail [-t] [-i|-oi] [-f SENDER] [RCPT...]\n`);
+    process.stderr.write(`sendmail: ${o}\nusage: sendmail [-t] [-i|-oi] [-f SENDER] [RCPT...] | -bp | -bs\n`);
     return EXIT.usage;
   }
+  if (o.mode === 'list') return modes.listQueue(o.config);
   let cfg;
   try {
     cfg = loadConfig(configPath(o.config, process.env, process.cwd()));
@@ -148,7 +189,8 @@ export async function runSendmail(argv: string[]): Promise<number> {
     }
     throw e;
   }
-  const raw = await readStdin(cfg.smtp.max_message_size);
+  if (o.mode === 'smtp') return modes.smtpOnStdio(cfg);
+  const raw = await readStdin(cfg.smtp.max_message_size, o.ignoreDots);
   if (raw === null) {
     process.stderr.write(`sendmail: message larger than smtp.max_message_size (${cfg.smtp.max_message_size} bytes)\n`);
     return EXIT.dataErr;

@@ -79,7 +79,26 @@ export class Connection {
     sock.setNoDelay(true);
     sock.on('error', () => this.close());
     sock.on('close', () => this.close());
+    // The client's end of input (its FIN; the listeners allow half-open sockets): what it sent before is still
+    // answered, then the session ends, instead of dropping the replies still owed.
+    sock.on('end', () => {
+      this.inputEnded = true;
+      if (!this.busy) this.afterInputEnded();
+    });
   }
+
+  private inputEnded = false;
+
+  private afterInputEnded(): void {
+    if (this.mode === 'closed') return;
+    // Not admitted yet (no greeting): nothing is owed; close as for a client that went away.
+    if (!this.greeted) return this.close();
+    this.finish();
+    this.flush();
+    this.sock.end();
+  }
+
+  private greeted = false;
 
   /** Client IP as used for policy decisions. */
   get ip(): string {
@@ -88,6 +107,7 @@ export class Connection {
 
   /** Sends the greeting and starts reading. */
   start(): void {
+    this.greeted = true;
     this.deps.log.info({ event: 'connect', client: this.session.ip, port: this.session.port });
     this.timeoutMs = this.currentTimeout();
     this.sock.setTimeout(this.timeoutMs, () => this.fail(R.timeout, 'timeout'));
@@ -180,7 +200,8 @@ export class Connection {
     } finally {
       this.busy = false;
       this.flush();
-      if (this.sock.isPaused() && this.buf.length <= MAX_PENDING_INPUT && this.mode !== 'closed') this.sock.resume();
+      if (this.inputEnded) this.afterInputEnded();
+      else if (this.sock.isPaused() && this.buf.length <= MAX_PENDING_INPUT && this.mode !== 'closed') this.sock.resume();
     }
   }
 

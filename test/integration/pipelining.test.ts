@@ -3,6 +3,8 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { once } from 'node:events';
 import { startPalisade, type Running } from '../support/palisade.ts';
 import { SmtpClient, openSession, queueIdOf, summary } from '../support/smtp-client.ts';
 import { KEEP_QUEUED, readQueued, splitReceived } from '../support/queue.ts';
@@ -58,6 +60,19 @@ describe('pipelining', () => {
     } finally {
       c.close();
     }
+  });
+
+  test('a client that sends its whole transaction and then closes its side (no QUIT) still gets every reply', async () => {
+    const sock = connect(p.port, '127.0.0.1');
+    await once(sock, 'connect');
+    let got = '';
+    sock.on('data', (c: Buffer) => (got += c.toString('latin1')));
+    sock.end('EHLO half.test\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<alice@mx.test>\r\nDATA\r\nSubject: half\r\n\r\nbody\r\n.\r\n');
+    await once(sock, 'close');
+    const codes = got.split('\r\n').filter((l) => /^\d{3} /.test(l)).map((l) => l.slice(0, 3));
+    assert.deepEqual(codes, ['220', '250', '250', '250', '354', '250'], got);
+    const q = await readQueued(p.spool, /queued as ([0-9A-Z]{16})/.exec(got)![1]!);
+    assert.equal(splitReceived(q.message).rest.toString('latin1'), 'Subject: half\r\n\r\nbody\r\n');
   });
 
   test('RSET in a pipelined group clears the transaction before the commands after it', async () => {

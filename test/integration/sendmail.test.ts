@@ -74,6 +74,43 @@ describe('sendmail with Palisade running', () => {
     assert.ok(text.endsWith('\r\n\r\nnot a field\r\nX-Late: 1\r\n'), JSON.stringify(text));
   });
 
+  test('without -i a line with only "." ends the message; -oi and combined flags (-it) keep it', async () => {
+    const plain = await sendmail(['grace@mx.test'], 'Subject: dots\n\nbefore\n.\nafter the dot\n');
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.ok((await readQueued(p.spool, plain.added[0]!)).message.toString('utf8').endsWith('\r\n\r\nbefore\r\n'), 'the dot line ended the input');
+    for (const args of [['-oi', 'grace@mx.test'], ['-it']]) {
+      const r = await sendmail(args, 'To: grace@mx.test\nSubject: dots\n\nbefore\n.\nafter the dot\n');
+      assert.equal(r.code, 0, r.stderr);
+      const q = await readQueued(p.spool, r.added[0]!);
+      assert.deepEqual(q.envelope.recipients.map((x) => x.address), ['grace@mx.test'], `${args.join(' ')}`);
+      assert.ok(q.message.toString('utf8').endsWith('\r\nbefore\r\n.\r\nafter the dot\r\n'), `${args.join(' ')} keeps the dot line`);
+    }
+  });
+
+  test('-bs speaks SMTP on stdin and stdout: every reply, including those owed when the input ends, and the message is queued', async () => {
+    const before = new Set(queuedIds(p.spool));
+    const session = 'EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<heidi@mx.test>\r\nDATA\r\nSubject: bs\r\n\r\nvia -bs\r\n.\r\nQUIT\r\n';
+    const r = await p.cli(['sendmail', '-bs'], session);
+    assert.equal(r.code, 0, r.stderr);
+    const codes = r.stdout.split('\r\n').filter((l) => /^\d{3} /.test(l)).map((l) => l.slice(0, 3));
+    assert.deepEqual(codes, ['220', '250', '250', '250', '354', '250', '221']);
+    const added = queuedIds(p.spool).filter((id) => !before.has(id));
+    assert.equal(added.length, 1);
+    assert.match(r.stdout, new RegExp(`250 2\\.0\\.0 Ok: queued as ${added[0]}`));
+    assert.ok((await readQueued(p.spool, added[0]!)).message.toString('utf8').endsWith('\r\n\r\nvia -bs\r\n'));
+    // Input that ends without QUIT still gets the 250 for its message.
+    const noQuit = await p.cli(['sendmail', '-bs'], session.replace('QUIT\r\n', ''));
+    assert.match(noQuit.stdout, /250 2\.0\.0 Ok: queued as/);
+  });
+
+  test('-bp lists the queue as mailq does', async () => {
+    const r = await p.cli(['sendmail', '-bp']);
+    assert.equal(r.code, 0, r.stderr);
+    const mailq = await p.cli(['mailq']);
+    assert.equal(r.stdout, mailq.stdout);
+    assert.ok(queuedIds(p.spool).some((id) => r.stdout.includes(id)), r.stdout);
+  });
+
   test('no recipients (no arguments, no -t) exits 64 and queues nothing', async () => {
     const r = await sendmail([], 'Subject: nobody\n\nbody\n');
     assert.equal(r.code, 64, r.stderr);
