@@ -28,7 +28,7 @@ commands:
   reload         re-read the config and certificates without dropping sessions
   check-config   validate the config and print the effective configuration
   queue          list | show ID  (see palisade queue --help)
-  newaliases     validate the alias file
+  newaliases     validate the alias file and put it in use
 
 options:
   --config FILE  config file (else $PALISADE_CONFIG, else ./palisade.toml, else built-in defaults)
@@ -47,7 +47,7 @@ options:
   requeue ID      retry a deferred message now
   flush           retry every deferred message now
 Exit 1 when the queue ID is unknown, 75 when Palisade is not running (all but list/show).`,
-  newaliases: 'usage: newaliases [--config FILE]\n\nValidates the alias file named by local.aliases; exit 65 with the line of each problem.',
+  newaliases: 'usage: newaliases [--config FILE]\n\nValidates the alias file named by local.aliases (exit 65 with the line of each problem), then has a running\nPalisade reload so that the new aliases are used.',
 };
 
 /** Runs a CLI command; resolves with the exit code. */
@@ -217,7 +217,7 @@ function formatShow(e: QueueEntry): string {
   return lines.join('\n') + '\n';
 }
 
-function newaliases(cfg: Config): number {
+async function newaliases(cfg: Config): Promise<number> {
   if (cfg.local.aliases === '') {
     process.stdout.write('newaliases: no alias file configured (local.aliases)\n');
     return EXIT.ok;
@@ -233,5 +233,20 @@ function newaliases(cfg: Config): number {
   for (const p of res.problems) process.stderr.write(`newaliases: ${path}:${p.line}: ${p.message}\n`);
   if (res.problems.length > 0) return EXIT.dataErr;
   process.stdout.write(`newaliases: ${path}: ${res.entries.length} aliases ok\n`);
+  // As Postfix's newaliases makes a new table take effect: a running Palisade reloads (smtpd and the delivery
+  // agents read the file when they start).
+  const store = new QueueStore(cfg.queue.dir);
+  let answer: { ok: boolean; error?: string };
+  try {
+    answer = (await request(store.path('private', 'control'), { cmd: 'reload' })) as { ok: boolean; error?: string };
+  } catch {
+    process.stdout.write('newaliases: Palisade is not running; the aliases apply when it starts\n');
+    return EXIT.ok;
+  }
+  if (!answer.ok) {
+    process.stderr.write(`newaliases: the reload was refused: ${answer.error ?? 'unknown error'}\n`);
+    return EXIT.config;
+  }
+  process.stdout.write('newaliases: Palisade reloaded; the new aliases are in use\n');
   return EXIT.ok;
 }

@@ -109,6 +109,32 @@ describe('local delivery', () => {
     assert.deepEqual(msgs[before]!.rcpts.map((r) => r.address), ['other@remote.test']);
   });
 
+  test('newaliases validates the edited alias file and puts it in use in the running Palisade', async () => {
+    const file = join(etc, 'aliases');
+    writeFileSync(file, '# test aliases\nteam: alice, bob\nnewlist: carol\nbroken line without a colon\n');
+    const bad = await p.cli(['newaliases']);
+    assert.equal(bad.code, 65, bad.stdout);
+    assert.match(bad.stderr, /aliases:4: /);
+    // Not in use: the old table still applies.
+    const c = await openSession(p.port);
+    try {
+      await c.ok('MAIL FROM:<sender@client.test>');
+      await c.ok('RCPT TO:<newlist@mx.test>', 550, '5.1.1');
+    } finally {
+      c.close();
+    }
+
+    writeFileSync(file, '# test aliases\nteam: alice, bob\nfwd: someone@remote.test\nboth: carol, other@remote.test\nnewlist: carol\n');
+    const ok = await p.cli(['newaliases']);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /4 aliases ok/);
+    assert.match(ok.stdout, /reloaded/);
+    const before = maildir(p.dir, 'carol').length;
+    await send('sender@client.test', [['newlist@mx.test', 250]], 'Subject: to the new list\n\nhello list\n');
+    const all = await waitMaildir(p.dir, 'carol', before + 1);
+    assert.equal(header(all.at(-1)!, 'Delivered-To'), 'carol@mx.test');
+  });
+
   test('postmaster is always accepted and delivered, even when not listed in recipients', async () => {
     await send('sender@client.test', [['postmaster@mx.test', 250]], 'Subject: hi postmaster\n\nhello\n');
     const [raw] = await waitMaildir(p.dir, 'postmaster');
