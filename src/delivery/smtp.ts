@@ -157,15 +157,39 @@ async function attempt(job: DeliveryJob, msg: OutboundMessage, deps: SmtpAgentDe
     session.close();
     return { results: everyone(job, 'bounced', '5.4.6', `mail for ${job.nexthop} loops back to myself`, session.endpoint.name), destinationFailed: false };
   }
+  let results: RecipientResult[];
   try {
-    const results = await session.transaction(job, msg);
-    deps.cache.give(job.nexthop, session);
-    return { results, destinationFailed: false };
+    results = await session.transaction(job, msg);
   } catch (e) {
     session.close();
     if (cached !== null && e instanceof ConnectionError) return null;
     const why = e instanceof ConnectionError ? e.message : `internal error: ${(e as Error).message}`;
     return { results: everyone(job, 'deferred', '4.4.2', `lost connection with ${session.endpoint.name}: ${why}`, session.endpoint.name), destinationFailed: true };
   }
+  // RFC 5321 §4.5.3.1.10: recipients refused for the server's recipient limit (452 4.5.3) while others were
+  // taken go at once in another transaction on the same connection, not after a retry delay.
+  const done = new Map(results.map((r) => [r.index, r]));
+  for (;;) {
+    const over = results.filter(overRecipientLimit);
+    if (over.length === 0 || over.length === results.length) break;
+    const pending = job.recipients.filter((r) => over.some((o) => o.index === r.index));
+    try {
+      results = await session.transaction({ ...job, recipients: pending }, msg);
+    } catch (e) {
+      // The recipients taken in earlier transactions stay delivered; the rest wait for a retry.
+      session.close();
+      const why = e instanceof ConnectionError ? e.message : `internal error: ${(e as Error).message}`;
+      for (const r of pending) done.set(r.index, { index: r.index, status: 'deferred', dsn: '4.4.2', reply: `lost connection with ${session.endpoint.name}: ${why}`, relay: session.endpoint.name });
+      return { results: job.recipients.map((r) => done.get(r.index)!), destinationFailed: false };
+    }
+    for (const r of results) done.set(r.index, r);
+  }
+  deps.cache.give(job.nexthop, session);
+  return { results: job.recipients.map((r) => done.get(r.index)!), destinationFailed: false };
+}
+
+// A recipient the server refused only because the transaction had reached its recipient limit.
+function overRecipientLimit(r: RecipientResult): boolean {
+  return r.status !== 'sent' && /^[45]52 /.test(r.reply) && (r.dsn === '4.5.3' || r.dsn === '5.5.3' || /too many recipients/i.test(r.reply));
 }
 

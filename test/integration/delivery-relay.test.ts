@@ -264,3 +264,28 @@ describe('SMTPUTF8 to a peer without it', () => {
     assert.equal(ascii.messages.length, 1, 'only the first message reached the peer');
   });
 });
+
+describe('a next hop with a small recipient limit', () => {
+  let limited: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    limited = await startSmtpPeer({ maxRcpts: 2 });
+    p = await startPalisade({ toml: `[transport]\n"limited.test" = "smtp:[127.0.0.1]:${limited.port}"\n[queue]\nretry_min = "60s"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n` });
+  });
+  after(async () => {
+    const code = await p?.stop();
+    await limited?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
+  });
+
+  test('recipients refused with 452 4.5.3 go at once in further transactions (RFC 5321 §4.5.3.1.10), none deferred', async () => {
+    const rcpts = ['a', 'b', 'c', 'd', 'e'].map((x) => `${x}@limited.test`);
+    const qid = await sendRaw(p.port, 'MAIL FROM:<sender@client.test>', rcpts.map((r) => `RCPT TO:<${r}>`), 'Subject: many\r\n\r\nhello\r\n.\r\n');
+    const msgs = await limited.waitMessages(3, 10_000);
+    assert.deepEqual(msgs.map((m) => m.rcpts.map((r) => r.address)), [['a@limited.test', 'b@limited.test'], ['c@limited.test', 'd@limited.test'], ['e@limited.test']]);
+    assert.equal(limited.connections.total, 1, 'all on one connection');
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid);
+    const outcomes = p.logs().filter((l) => l.event === 'delivery' && l.qid === qid).map((l) => l.status);
+    assert.deepEqual(outcomes, ['sent', 'sent', 'sent', 'sent', 'sent']);
+  });
+});

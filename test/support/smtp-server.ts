@@ -47,6 +47,8 @@ export interface PeerScript {
   hang: boolean;
   /** Answer DATA with 354, then stop reading (the client's writes of the message must time out). */
   stallData: boolean;
+  /** Recipients taken per transaction (0 = no limit); past it RCPT gets 452 4.5.3 (RFC 5321 §4.5.3.1.10). */
+  maxRcpts: number;
   /** The next N transactions get `tempfailReply` to every RCPT (counts down as they are used). */
   tempfailRcpt: number;
   /** The next N messages get `tempfailReply` after the final dot (counts down as they are used). */
@@ -109,6 +111,7 @@ export async function startSmtpPeer(
     hostname: 'peer.test',
     hang: false,
     stallData: false,
+    maxRcpts: 0,
     tempfailRcpt: 0,
     tempfailData: 0,
     tempfailReply: '451 4.3.0 Try again later',
@@ -212,6 +215,7 @@ export async function startSmtpPeer(
           if (failRcpt) return send(s.tempfailReply);
           const scripted = s.rcptReplies[path.address.toLowerCase()];
           if (scripted !== undefined) return send(scripted);
+          if (s.maxRcpts > 0 && rcpts.length >= s.maxRcpts) return send('452 4.5.3 Too many recipients');
           rcpts.push(path);
           return send('250 2.1.5 Ok');
         }
