@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { crlfEnd, crlfToLf } from './message.ts';
+import { split } from '../../test/support/split.ts';
 
 function convert(chunks: readonly string[]): string {
   const state = { cr: false };
@@ -28,14 +29,7 @@ test('crlfToLf: any text in any chunking equals the whole text with CRLF replace
   fc.assert(
     fc.property(fc.array(fc.constantFrom('\r', '\n', '\r\n', 'a', '.', ' xyz'), { maxLength: 60 }), fc.array(fc.nat(), { maxLength: 8 }), (parts, cuts) => {
       const text = parts.join('');
-      const at = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
-      const chunks: string[] = [];
-      let prev = 0;
-      for (const c of at) {
-        chunks.push(text.slice(prev, c));
-        prev = c;
-      }
-      chunks.push(text.slice(prev));
+      const chunks = split(Buffer.from(text, 'latin1'), cuts.map((c) => c % (text.length + 1))).map((b) => b.toString('latin1'));
       assert.equal(convert(chunks), text.replaceAll('\r\n', '\n'));
     }),
     { numRuns: 2000 },
