@@ -176,6 +176,13 @@ describe('QueueStore', () => {
     assert.ok((await store.readMessage('incoming', id)).equals(message));
   });
 
+  test('appending a state record to a file that is gone fails (ENOENT) and creates nothing', async () => {
+    const id = await enqueue();
+    await rm(store.path('incoming', id));
+    await assert.rejects(store.appendState('incoming', id, { rcpt: 0, state: 'sent', dsn: '2.0.0', reply: 'ok', at: 'x' }), { code: 'ENOENT' });
+    assert.equal(await store.locate(id), null);
+  });
+
   test('ignores a state record torn by a crash mid-append', async () => {
     const id = await enqueue();
     const rec: StateRecord = { rcpt: 0, state: 'sent', dsn: '2.0.0', reply: 'ok', at: '2026-01-02T03:05:00.000Z' };

@@ -154,7 +154,9 @@ export class QueueStore {
   async appendStates(state: MessageState, id: string, recs: readonly StateRecord[]): Promise<void> {
     if (recs.length === 0) return;
     const buf = Buffer.from(recs.map(stateLine).join(''), 'utf8');
-    const fh = await fsp.open(this.path(state, id), 'a');
+    // No O_CREAT: a record for a file that is gone (removed, or moved by someone else) must fail, not leave a
+    // record-only file behind.
+    const fh = await fsp.open(this.path(state, id), constants.O_WRONLY | constants.O_APPEND);
     try {
       const { size } = await fh.stat();
       const { bytesWritten } = await fh.write(buf);
