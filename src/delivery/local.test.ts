@@ -3,7 +3,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { expand, MAX_ALIAS_DEPTH, type LocalDeps } from './local.ts';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { deliverLocal, expand, MAX_ALIAS_DEPTH, type LocalDeps } from './local.ts';
+import type { DeliveryJob } from '../core/delivery.ts';
 import { createTable, parseAliases } from '../lookup/index.ts';
 
 function deps(aliases: string, files: Record<string, string>, reads: string[]): LocalDeps {
@@ -55,4 +59,19 @@ test('a chain of include files deeper than the alias depth limit is refused with
   assert.equal(t.length, 1);
   assert.equal(t[0]!.kind, 'refused');
   assert.equal((t[0] as { dsn: string }).dsn, '5.4.6');
+});
+
+test('an alias that expands to nothing (include files that only include each other) bounces 5.4.6, never "sent"', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'palisade-local-'));
+  try {
+    const file = join(dir, 'msg');
+    writeFileSync(file, 'Subject: x\r\n\r\nbody\r\n');
+    const d = { ...deps('loop: :include:/etc/l\n', { '/etc/l': ':include:/etc/l\n' }, []), mailboxDir: join(dir, 'mail') };
+    const job: DeliveryJob = { qid: '01ABCDEFGHJKMNPQ', file, route: { kind: 'local' }, nexthop: 'local', sender: 'a@example.com', recipients: [{ index: 0, address: 'loop@mx.test' }], smtputf8: false, eightBit: false };
+    const r = await deliverLocal(job, { file, offset: 0, length: 22, eightBit: false }, d);
+    assert.equal(r.results[0]!.status, 'bounced');
+    assert.equal(r.results[0]!.dsn, '5.4.6');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -147,6 +147,12 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
       results.push({ index: r.index, status: 'deferred', dsn: temp.dsn, reply: temp.reason, relay: 'local' });
       continue;
     }
+    if (targets.length === 0) {
+      // An alias whose expansion ends nowhere (only include files already being read): nothing to deliver to,
+      // which must not pass for a delivery.
+      results.push({ index: r.index, status: 'bounced', dsn: '5.4.6', reply: `alias expansion of ${r.address} yields no recipient (a loop of include files?)`, relay: 'local' });
+      continue;
+    }
     if (refused.length > 0 && refused.length === targets.length) {
       results.push({ index: r.index, status: 'bounced', dsn: refused[0]!.dsn, reply: refused[0]!.reason, relay: 'local' });
       continue;

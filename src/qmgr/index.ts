@@ -403,8 +403,14 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   // Sends the DSNs this round calls for; false when injection failed (retry later).
   async function sendDsns(m: Msg, t: number): Promise<boolean> {
     // A message from <> that failed is held for the postmaster whatever its NOTIFY says (Palisade's own DSNs go
-    // out with NOTIFY=NEVER); other senders get a failure DSN where NOTIFY allows.
-    const failed = m.rcpts.filter((r) => r.report && r.status === 'bounced' && (m.env.sender === '' || wants(r, 'FAILURE')));
+    // out with NOTIFY=NEVER), once its other recipients are done (so they are not held with it): its bounced
+    // recipients, of this round or earlier ones, become deferred again in hold/. Other senders get a failure
+    // DSN where NOTIFY allows.
+    const nullSender = m.env.sender === '';
+    const othersOpen = m.rcpts.some((r) => r.status === 'deferred' || r.status === 'pending');
+    const failed = nullSender
+      ? (othersOpen ? [] : m.rcpts.filter((r) => r.status === 'bounced'))
+      : m.rcpts.filter((r) => r.report && r.status === 'bounced' && wants(r, 'FAILURE'));
     // RFC 3461 §5.2.1: a next hop that took NOTIFY=SUCCESS reports success itself; we do not as well.
     const success = m.rcpts.filter((r) => r.report && r.status === 'sent' && wants(r, 'SUCCESS') && r.relayed !== 'dsn');
     const age = t - m.arrival;

@@ -155,6 +155,20 @@ describe('delivery status notifications', () => {
     await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && attempts() > before);
   });
 
+  test('a message from <> is held only once its other recipients are done: the deferred one is still delivered', async () => {
+    peer.script.rcptReplies['later@remote.test'] = '451 4.7.1 Try again later';
+    const qid = await send(p.port, 'MAIL FROM:<>', ['RCPT TO:<b@remote.test>', 'RCPT TO:<later@remote.test>'], 'Subject: two\r\n\r\nnull sender\r\n');
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.to === 'later@remote.test' && l.status === 'deferred');
+    assert.ok(!p.logs().some((l) => l.event === 'held' && l.qid === qid), 'not held while a recipient is still to be tried');
+    delete peer.script.rcptReplies['later@remote.test'];
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.to === 'later@remote.test' && l.status === 'sent', 15_000);
+    await p.waitLog((l) => l.event === 'held' && l.qid === qid);
+    const r = await p.cli(['queue', 'list', '--json']);
+    const e = (JSON.parse(r.stdout) as { id: string; state: string; recipients: { address: string; state: string }[] }[]).find((x) => x.id === qid);
+    assert.equal(e?.state, 'hold');
+    assert.deepEqual(e?.recipients.map((x) => [x.address, x.state]), [['b@remote.test', 'deferred'], ['later@remote.test', 'sent']]);
+  });
+
   test('a DSN of ours that cannot be delivered (its recipient refused) is held for the postmaster, not dropped', async () => {
     // nobody@remote.test is refused by the peer both as a recipient of the message and of the DSN to it.
     const r = await sendMessage(p.port, 'nobody@remote.test', ['b@remote.test'], 'Subject: doubly lost\n\nanyone?\n');
