@@ -2,7 +2,8 @@
 // main: the only wiring point. `palisade <command>` for operators, `main.ts child <role>` for the processes
 // master starts. Loads config, creates components with their dependencies, installs signal handlers.
 
-import { connect, createServer, type AddressInfo, type Server } from 'node:net';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { EventEmitter } from 'node:events';
 import { chmodSync, chownSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config/index.ts';
@@ -39,11 +40,21 @@ async function smtpOnStdio(cfg: Config): Promise<number> {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
   });
-  smtpd.attach(server);
+  // smtpd sees only our own connection: the listener takes one, checks it is ours, and closes.
+  const front = Object.assign(new EventEmitter(), { close: () => {} }) as unknown as Server;
+  smtpd.attach(front);
   const sock = connect((server.address() as AddressInfo).port, '127.0.0.1');
+  server.on('connection', (s: Socket) => {
+    if (s.remotePort !== sock.localPort) return s.destroy();
+    server.close();
+    front.emit('connection', s);
+  });
   process.stdin.pipe(sock);
   sock.pipe(process.stdout, { end: false });
+  // After the 221 smtpd closes at once; input still coming (or a reset) is not an error of the session.
+  sock.on('error', () => {});
   await new Promise<void>((resolve) => sock.on('close', () => resolve()));
+  process.stdin.unpipe(sock);
   server.close();
   // The session is over: flush what it wrote, then go (idle connections to cleanup would keep the process).
   await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));

@@ -239,9 +239,14 @@ async function newaliases(cfg: Config): Promise<number> {
   let answer: { ok: boolean; error?: string };
   try {
     answer = (await request(store.path('private', 'control'), { cmd: 'reload' })) as { ok: boolean; error?: string };
-  } catch {
-    process.stdout.write('newaliases: Palisade is not running; the aliases apply when it starts\n');
-    return EXIT.ok;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    if (code === 'ENOENT' || code === 'ECONNREFUSED') {
+      process.stdout.write('newaliases: Palisade is not running; the aliases apply when it starts\n');
+      return EXIT.ok;
+    }
+    process.stderr.write(`newaliases: cannot ask Palisade to reload (${code}); run "palisade reload" to use the new aliases\n`);
+    return EXIT.tempFail;
   }
   if (!answer.ok) {
     process.stderr.write(`newaliases: the reload was refused: ${answer.error ?? 'unknown error'}\n`);

@@ -103,7 +103,8 @@ function readStdin(limit: number, ignoreDots: boolean): Promise<Buffer | null> {
       parts.push(c);
       if (ignoreDots) return;
       const all = Buffer.concat(parts);
-      const end = dotLine(all, Math.max(0, scanned - 1));
+      // Back two bytes: a "." line may straddle chunks as "\n." + "\r\n" or "\n.\r" + "\n".
+      const end = dotLine(all, Math.max(0, scanned - 2));
       if (end >= 0) return finish(all.subarray(0, end));
       scanned = all.length;
     };

@@ -115,9 +115,10 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   // ---- loading ---------------------------------------------------------------
 
   // `expireOnly`: a held message past its lifetime bounces without another delivery attempt (it was held).
-  async function load(id: string, from: MessageState, expireOnly = false): Promise<void> {
-    if (stopping || active.has(id) || loading.has(id)) return;
-    if (active.size >= cfg.queue.active_limit) return; // waits on disk; the next scan takes it
+  // Resolves true when the message was taken into the active set.
+  async function load(id: string, from: MessageState, expireOnly = false): Promise<boolean> {
+    if (stopping || active.has(id) || loading.has(id)) return false;
+    if (active.size >= cfg.queue.active_limit) return false; // waits on disk; the next scan takes it
     loading.add(id);
     try {
       if (from !== 'active') {
@@ -133,7 +134,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           // retrying the rename forever.
           const where = await store.locate(id);
           if (where === null) deferred.delete(id);
-          if (where !== 'active') return;
+          if (where !== 'active') return false;
         }
       }
       let q;
@@ -141,10 +142,10 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         q = await store.read('active', id);
       } catch (e) {
         // Gone meanwhile (a stale listing at start-up: the message was delivered and removed): nothing to do.
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
         log.error({ event: 'corrupt', qid: id, err: (e as Error).message });
         await fsp.rename(store.path('active', id), store.path('corrupt', id)).catch(() => {});
-        return;
+        return false;
       }
       const last = new Map<number, StateRecord>();
       let warned = false;
@@ -191,6 +192,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       deferred.delete(id);
       if (expireOnly) void finishRound(m);
       else schedule(m);
+      return true;
     } finally {
       loading.delete(id);
     }
@@ -234,7 +236,11 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           run: async () => {
             m.tried = true;
             const res = await dispatch(job);
-            if (res.destinationFailed) lastFailure.set(d.key, res.results.find((r) => r.reply !== '')?.reply ?? '');
+            if (res.destinationFailed) {
+              // Bounded like the destinations themselves: a flood of failing domains cannot grow it for ever.
+              if (lastFailure.size >= 10_000) lastFailure.clear();
+              lastFailure.set(d.key, res.results.find((r) => r.reply !== '')?.reply ?? '');
+            } else lastFailure.delete(d.key);
             await recordResults(m, job, res.results, started);
             return res.destinationFailed;
           },
@@ -530,12 +536,17 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         return { ok: true };
       case 'release': {
         if (where !== 'hold') return { ok: false, code: 1, error: `message ${id} is not on hold` };
-        await load(id, 'hold');
-        // Not taken (the active set is full): it leaves hold anyway and waits in deferred/, due now.
-        const waits = (await store.locate(id)) === 'hold';
-        if (waits) {
-          await store.move(id, 'hold', 'deferred');
-          deferred.set(id, 0);
+        // Not taken (the active set is full): it leaves hold anyway and waits in deferred/, due now. (A scan's
+        // expiry may have taken it meanwhile: then there is nothing left to move.)
+        let waits = false;
+        if (!(await load(id, 'hold'))) {
+          try {
+            await store.move(id, 'hold', 'deferred');
+            deferred.set(id, 0);
+            waits = true;
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          }
         }
         log.info({ event: 'released', qid: id, ...(waits ? { note: 'waits for room in the active set' } : {}) });
         return { ok: true, ...(waits ? { note: 'waits for room in the active set' } : {}) };

@@ -110,7 +110,8 @@ export class Connection {
     this.greeted = true;
     this.deps.log.info({ event: 'connect', client: this.session.ip, port: this.session.port });
     this.timeoutMs = this.currentTimeout();
-    this.sock.setTimeout(this.timeoutMs, () => this.fail(R.timeout, 'timeout'));
+    // After our closing reply a client that never closes its side is cut at the next timeout.
+    this.sock.setTimeout(this.timeoutMs, () => (this.mode === 'closed' ? this.close() : this.fail(R.timeout, 'timeout')));
     this.sock.on('data', (chunk: Buffer) => this.onData(chunk));
     this.send(greeting(this.deps.limits));
     this.flush();
@@ -294,8 +295,9 @@ export class Connection {
         // Close as soon as the 221 is with the kernel (it still goes out, then the FIN), as Postfix does: waiting
         // for the client's own close costs a wake-up, a read and, from clients that reset instead, an error
         // object with its stack trace per connection.
-        if (this.sock.writableLength === 0) this.sock.destroy();
-        else this.sock.end();
+        // Not while reading is paused (input left unread in the kernel would turn the close into a reset).
+        if (this.sock.writableLength === 0 && !this.sock.isPaused()) this.sock.destroy();
+        else this.endSoon();
         return;
       case 'VRFY':
       case 'EXPN':
@@ -480,8 +482,17 @@ export class Connection {
     if (r.close) {
       this.flush();
       this.mode = 'closed';
-      this.sock.end();
+      this.endSoon();
     }
+  }
+
+  // Ends our side after the last reply; a client that never closes its own is cut one timeout later (its
+  // session slot is held until then). The socket's idle timer does not fire again by itself.
+  private endSoon(): void {
+    this.sock.end();
+    const t = setTimeout(() => this.close(), this.timeoutMs);
+    t.unref();
+    this.sock.once('close', () => clearTimeout(t));
   }
 
   private flush(): void {

@@ -4,6 +4,7 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { SmtpClient, openSession, queueIdOf, summary } from '../support/smtp-client.ts';
 import { KEEP_QUEUED, queuedIds, readQueued, splitReceived, spoolFiles } from '../support/queue.ts';
@@ -294,6 +295,36 @@ describe('max_sessions_per_ip = 1 with no trusted networks', () => {
     } finally {
       first.close();
       second?.close();
+    }
+  });
+});
+
+describe('a client that keeps its side open after the server\'s closing reply', () => {
+  let p: Running;
+  before(async () => {
+    p = await startPalisade({ workers: 1, smtp: 'timeout = "1s"\nmax_sessions = 1' });
+  });
+  after(async () => {
+    assert.equal(await p.stop(), 0);
+  });
+
+  test('is cut at the next timeout, and its session slot goes to the next client', async () => {
+    // allowHalfOpen: this client does not close when the server does (as a careless or hostile one).
+    const lingering = connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true });
+    let got = '';
+    lingering.on('data', (c: Buffer) => (got += c.toString('latin1')));
+    lingering.on('error', () => {});
+    try {
+      await waitFor('the idle timeout\'s 421', () => (got.includes('421 4.4.2') ? true : undefined), 5000);
+      // Its slot is held until the server cuts the connection; then a new client gets a greeting.
+      const first = await waitFor('a greeting for the next client', async () => {
+        const { c, first } = await connectAndGreet(p.port);
+        c.close();
+        return first.startsWith('220') ? first : undefined;
+      }, 8000);
+      assert.match(first, /^220/);
+    } finally {
+      lingering.destroy();
     }
   });
 });
