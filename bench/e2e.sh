@@ -4,7 +4,8 @@
 #   postfix   Postfix 3.7 (shared/bench-ref/postfix.sh: durable queue, relayhost = the sink, destination
 #             concurrency 100)
 #   palisade  Palisade: durable queue, [transport] "*" = the sink, [delivery] concurrency = 100,
-#             initial_concurrency = 20, max_sessions = 500, max_sessions_per_ip = 0, log level warn
+#             initial_concurrency = 20, max_sessions = 500, max_sessions_per_ip = 0, log level info (a line
+#             per connection, message and delivery, as Postfix's maillog)
 #
 # Both relay every message to the same Postfix smtp-sink. Load: Postfix's smtp-source, one message per
 # connection, through shared/bench-ref/lib.sh run_one with E2E=1: msgs/s from the first injection until the
@@ -41,7 +42,7 @@ PALDIR="$BENCH_TMP/palisade"
 BENCH_NAME=e2e
 PF_HOLD=0
 PAL_MAX_SESSIONS=500
-PAL_LOG_LEVEL=warn
+PAL_LOG_LEVEL=info
 PAL_TOML_EXTRA='
 [delivery]
 concurrency = 100

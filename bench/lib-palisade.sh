@@ -7,7 +7,7 @@
 #   PAL_PORT SINK loopback ports: Palisade's listener, the next hop every message is relayed to
 #   PFDIR PF_PORT Postfix's private instance (only for the pf_* helpers)
 # and may set:
-#   PAL_MAX_SESSIONS (500)  PAL_LOG_LEVEL (warn)  PAL_SMTP_EXTRA (more [smtp] lines)
+#   PAL_MAX_SESSIONS (500)  PAL_LOG_LEVEL (info: a line per event, as Postfix logs)  PAL_SMTP_EXTRA (more [smtp] lines)
 #   PAL_TOML_EXTRA (whole sections appended after [transport], e.g. [delivery] or [queue])
 #   PF_HOLD (0; 1 = Postfix accepts and holds, never delivers)
 # Hooks: if the script defines pal_on_start / pal_on_stop, pal_start calls the first once Palisade listens and
@@ -64,7 +64,7 @@ max_sessions_per_ip = 0
 ${PAL_SMTP_EXTRA:-}
 
 [log]
-level = "${PAL_LOG_LEVEL:-warn}"
+level = "${PAL_LOG_LEVEL:-info}"
 
 # Nothing leaves loopback: every message is relayed to the sink.
 [transport]
@@ -102,7 +102,7 @@ pal_stop() {
   wait "$PAL_PID" 2>/dev/null; PAL_EXIT=$?
   PAL_PID=""
 }
-# pal_save_log -> copies Palisade's log (warn level in these scripts: small) next to the results, before
+# pal_save_log -> copies Palisade's log next to the results, before
 # BENCH_TMP is removed
 pal_save_log() { [ -f "$PALDIR/palisade.log" ] && cp "$PALDIR/palisade.log" "$BENCH_RESULTS/palisade.log" 2>/dev/null; return 0; }
 pal_clean_start() { pal_stop; rm -rf "$PALDIR/var"; pal_start; }

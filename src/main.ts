@@ -144,7 +144,7 @@ async function runCleanup(init: InitMessage): Promise<void> {
   const cfg = init.config;
   const { createCleanup } = await import('./cleanup/index.ts');
   const { QueueStore } = await import('./queue/index.ts');
-  const log = createLogger('cleanup', cfg.log.level);
+  const log = createLogger('cleanup', cfg.log.level, { batched: true });
   const store = new QueueStore(cfg.queue.dir);
   // The only writer of tmp/: whatever is there was never acknowledged.
   for (const id of await store.recover()) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
@@ -178,7 +178,7 @@ async function runCleanup(init: InitMessage): Promise<void> {
 async function runSmtpd(init: InitMessage): Promise<void> {
   const cfg = init.config;
   const { createSmtpd } = await import('./smtpd/index.ts');
-  const log = createLogger('smtpd', cfg.log.level);
+  const log = createLogger('smtpd', cfg.log.level, { batched: true });
   let nextId = 1;
   const waiting = new Map<number, (a: Admission) => void>();
   const msgWaiting = new Map<number, (ok: boolean) => void>();
@@ -296,7 +296,7 @@ async function runQmgr(init: InitMessage): Promise<void> {
   const cfg = init.config;
   const { createQmgr } = await import('./qmgr/index.ts');
   const { QueueStore } = await import('./queue/index.ts');
-  const log = createLogger('qmgr', cfg.log.level);
+  const log = createLogger('qmgr', cfg.log.level, { batched: true });
   const store = new QueueStore(cfg.queue.dir);
   const qmgr = createQmgr({ log, store, deliveryPath: init.deliveryPath!, cleanupPath: init.cleanupPath! }, cfg);
   onMasterMessage((m: { type: string; qids?: string[]; id?: number; cmd?: QmgrCommand; deadlineMs?: number }) => {
@@ -317,7 +317,7 @@ async function runDelivery(init: InitMessage): Promise<void> {
   const { createDelivery } = await import('./delivery/index.ts');
   const { createResolver, parseServer, systemServers } = await import('./dns/index.ts');
   const { parseDuration } = await import('./core/duration.ts');
-  const log = createLogger('delivery', cfg.log.level);
+  const log = createLogger('delivery', cfg.log.level, { batched: true });
   const servers = cfg.dns.servers.length > 0 ? cfg.dns.servers.map((s) => parseServer(s)!).filter(Boolean) : systemServers();
   const resolver = createResolver(servers, parseDuration(cfg.dns.timeout)!, cfg.dns.dnssec);
   const worker = createDelivery({ log, resolver, cleanupPath: init.cleanupPath! }, cfg);
