@@ -8,7 +8,7 @@ import { mkdtemp, rm, readdir, writeFile, appendFile, readFile } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { QueueStore } from './store.ts';
+import { QueueStore, SPARES } from './store.ts';
 import { CorruptQueueFile, MAGIC, type StateRecord } from './format.ts';
 import { QUEUE_ID } from './id.ts';
 import type { Envelope } from '../core/envelope.ts';
@@ -63,13 +63,13 @@ describe('QueueStore', () => {
       for (let i = 0; i < 200 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 5));
       assert.ok(await ok(), what);
     };
-    await until('two spare files', async () => (await names('spare')).length === 2);
+    await until(`${SPARES} spare files`, async () => (await names('spare')).length === SPARES);
     const before = await names('spare');
     const id = await enqueue();
     assert.deepEqual(await names('incoming'), [id]);
     assert.deepEqual(await names('tmp'), []);
     // One spare was used (it is the message now) and a new one is on its way.
-    await until('spare/ refilled', async () => (await names('spare')).length === 2);
+    await until('spare/ refilled', async () => (await names('spare')).length === SPARES);
     const after = await names('spare');
     assert.equal(after.filter((n) => before.includes(n)).length, 1, 'exactly one of the old spares is gone');
     const q = await store.read('incoming', id);

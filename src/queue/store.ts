@@ -20,7 +20,7 @@ export const MESSAGE_STATES: readonly MessageState[] = ['incoming', 'active', 'd
 const ALL_DIRS = ['tmp', 'spare', ...MESSAGE_STATES, 'private'] as const;
 // Empty files cleanup opens ahead of need (spare/), so committing a message does not wait for a file to be
 // created: at most this many.
-const SPARES = 4;
+export const SPARES = 4;
 
 // Writes are gathered up to this many bytes before one writev.
 const WRITE_BATCH = 256 * 1024;
