@@ -9,7 +9,7 @@ import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult } from '../core/delivery.ts';
 import { parseDuration } from '../core/duration.ts';
 import { encodeJson, FrameDecoder, submit } from '../ipc/index.ts';
-import { readQueueFile } from '../queue/index.ts';
+import { appendRecordsSync, readQueueFile } from '../queue/index.ts';
 import { createTable, readAliases, type AliasEntry } from '../lookup/index.ts';
 import type { Resolver } from '../dns/index.ts';
 import { ConnectionCache, deliverSmtp } from './smtp.ts';
@@ -93,6 +93,25 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
     return deliverSmtp(job, msg, smtpDeps);
   }
 
+  // Before answering qmgr, the recipients delivered are marked in the queue file itself (as Postfix's delivery
+  // agents do): a qmgr that dies before it has the answer is followed by one that finds them done, not by a
+  // second delivery. Only plain successes: a failure needs qmgr's classification and DSN, and a recipient that
+  // asked for a success DSN is left to qmgr so that the DSN is not lost. Best effort: qmgr records the same.
+  function markDelivered(job: DeliveryJob, res: JobResult): void {
+    const at = new Date().toISOString();
+    const recs = res.results.flatMap((r) => {
+      const want = job.recipients.find((x) => x.index === r.index);
+      return r.status === 'sent' && want !== undefined && !(want.notify ?? []).includes('SUCCESS')
+        ? [{ rcpt: r.index, state: 'sent' as const, dsn: r.dsn, reply: r.reply, at }]
+        : [];
+    });
+    try {
+      appendRecordsSync(job.file, recs);
+    } catch (e) {
+      deps.log.warn({ event: 'mark-failed', qid: job.qid, err: (e as NodeJS.ErrnoException).code ?? (e as Error).message });
+    }
+  }
+
   // Connections from qmgr stay open between jobs; `busy` = jobs running on one.
   const conns = new Map<Socket, { busy: number }>();
   let draining = false;
@@ -123,6 +142,7 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
           }))
           .then((res) => {
             st.busy--;
+            markDelivered(job, res);
             // qmgr keeps the connection for its next job, unless this agent is stopping.
             if (!sock.destroyed) {
               if (draining && st.busy === 0) sock.end(encodeJson(res));

@@ -123,7 +123,8 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     smtpd: { read: [...code, ...tables], write: [] },
     cleanup: { read: [...code, cfg.queue.dir], write: [cfg.queue.dir] },
     qmgr: { read: [...code, cfg.queue.dir], write: [cfg.queue.dir] },
-    delivery: { read: [...code, cfg.queue.dir, cfg.local.mailbox_dir, '/etc/resolv.conf', ...tables], write: [cfg.local.mailbox_dir] },
+    // active/: a delivery agent marks the recipients it delivered in the queue file before answering qmgr.
+    delivery: { read: [...code, cfg.queue.dir, cfg.local.mailbox_dir, '/etc/resolv.conf', ...tables], write: [cfg.local.mailbox_dir, join(cfg.queue.dir, 'active')] },
   };
 
   const anvil = new Anvil(anvilLimits(cfg));

@@ -8,7 +8,7 @@ import { mkdtemp, rm, readdir, writeFile, appendFile, readFile } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { QueueStore, SPARES } from './store.ts';
+import { QueueStore, SPARES, appendRecordsSync } from './store.ts';
 import { CorruptQueueFile, MAGIC, type StateRecord } from './format.ts';
 import { QUEUE_ID } from './id.ts';
 import type { Envelope } from '../core/envelope.ts';
@@ -174,6 +174,15 @@ describe('QueueStore', () => {
     const id = await enqueue();
     await store.appendState('incoming', id, { rcpt: 0, state: 'sent', dsn: '2.0.0', reply: 'ok', at: 'x' });
     assert.ok((await store.readMessage('incoming', id)).equals(message));
+  });
+
+  test('appendRecordsSync (a delivery agent\'s mark) adds records the next read sees, and creates no file', async () => {
+    const id = await enqueue();
+    const rec: StateRecord = { rcpt: 0, state: 'sent', dsn: '2.0.0', reply: '250 ok', at: '2026-01-02T03:04:05.000Z' };
+    appendRecordsSync(store.path('incoming', id), [rec]);
+    assert.deepEqual((await store.read('incoming', id)).records, [rec]);
+    assert.throws(() => appendRecordsSync(store.path('incoming', '0000000000000000'), [rec]), { code: 'ENOENT' });
+    assert.equal(await store.locate('0000000000000000'), null);
   });
 
   test('appending a state record to a file that is gone fails (ENOENT) and creates nothing', async () => {

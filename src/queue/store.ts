@@ -3,7 +3,7 @@
 
 import { createHash, type Hash } from 'node:crypto';
 import { isAscii } from 'node:buffer';
-import { constants, promises as fsp, openSync, fsyncSync, fstatSync, closeSync, createReadStream, readSync, writevSync, writeSync, renameSync, rmSync } from 'node:fs';
+import { constants, promises as fsp, openSync, fsyncSync, fstatSync, ftruncateSync, closeSync, createReadStream, readSync, writevSync, writeSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DirSync } from './dirsync.ts';
 import { createIdGenerator, QUEUE_ID } from './id.ts';
@@ -475,6 +475,28 @@ export function fsyncDirSync(path: string): void {
   const fd = openSync(path, 'r');
   try {
     fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Appends state records to the queue file at `path` at once (synchronous, no fsync: the page cache outlives a
+ * crashed process, which is what this guards against). Used by a delivery agent to mark recipients it has
+ * delivered before it answers qmgr, so that a qmgr that died meanwhile is not followed by a second delivery.
+ * No O_CREAT; a short write is taken back. Throws on failure.
+ */
+export function appendRecordsSync(path: string, recs: readonly StateRecord[]): void {
+  if (recs.length === 0) return;
+  const buf = Buffer.from(recs.map(stateLine).join(''), 'utf8');
+  const fd = openSync(path, constants.O_WRONLY | constants.O_APPEND);
+  try {
+    const size = fstatSync(fd).size;
+    const n = writeSync(fd, buf);
+    if (n !== buf.length) {
+      ftruncateSync(fd, size);
+      throw Object.assign(new Error(`short write appending a state record (${n} of ${buf.length} bytes)`), { code: 'ENOSPC' });
+    }
   } finally {
     closeSync(fd);
   }

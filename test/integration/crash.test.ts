@@ -4,13 +4,14 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'node:net';
 import { childProcesses, startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf, summary } from '../support/smtp-client.ts';
 import { KEEP_QUEUED, queuedIds, readQueued, splitReceived, spoolFiles } from '../support/queue.ts';
+import { startSmtpPeer, type SmtpPeer } from '../support/smtp-server.ts';
 
 /** PID of master's cleanup child (found with ps, never by name across the machine). */
 function cleanupPid(p: Running): number | undefined {
@@ -173,5 +174,51 @@ describe('kill -9 of cleanup', () => {
       idle.close();
       busy.close();
     }
+  });
+});
+
+describe('kill -9 of qmgr after a delivery it has not recorded', () => {
+  let peer: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    // The next hop answers the final dot after 1 s: time to freeze qmgr while its job is out.
+    peer = await startSmtpPeer({ dataReplyDelayMs: 1000 });
+    p = await startPalisade({
+      toml: `[transport]\n"*" = "smtp:[127.0.0.1]:${peer.port}"\n[queue]\nretry_min = "1s"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n`,
+    });
+  });
+  after(async () => {
+    const code = await p?.stop();
+    await peer?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
+  });
+
+  test('the delivery agent marks the recipient delivered in the queue file, so the next qmgr does not deliver again', async () => {
+    const c = await openSession(p.port);
+    let qid: string;
+    try {
+      await c.ok('MAIL FROM:<sender@client.test>');
+      await c.ok('RCPT TO:<once@remote.test>');
+      await c.ok('DATA', 354);
+      c.write('Subject: exactly once\r\nMessage-ID: <once@client.test>\r\n\r\nbody\r\n.\r\n');
+      qid = queueIdOf(await c.expect(250));
+    } finally {
+      c.close();
+    }
+    await peer.waitMessages(1);
+    // qmgr cannot take the agent's answer now; the agent gets the peer's 250 and marks the queue file.
+    const qmgr = childProcesses(p.proc.pid!).find((x) => / child qmgr$/.test(x.args))!.pid;
+    process.kill(qmgr, 'SIGSTOP');
+    try {
+      const file = join(p.spool, 'active', qid);
+      await waitFor('the sent record in the queue file', () => (readFileSync(file, 'utf8').includes('"state":"sent"') ? true : undefined), 10_000);
+    } finally {
+      process.kill(qmgr, 'SIGKILL');
+    }
+    // The new qmgr finds the recipient done and removes the message without another delivery.
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid && l.pid !== qmgr, 15_000);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(peer.messages.length, 1, 'delivered exactly once');
+    assert.equal(peer.transactions(), 1);
   });
 });

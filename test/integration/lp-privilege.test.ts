@@ -176,7 +176,7 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
       smtpd: { read: code, write: [] },
       cleanup: { read: [...code, spool], write: [spool] },
       qmgr: { read: [...code, spool], write: [spool] },
-      delivery: { read: [...code, spool, mail, '/etc/resolv.conf'], write: [mail] },
+      delivery: { read: [...code, spool, mail, '/etc/resolv.conf'], write: [mail, join(spool, 'active')] },
     };
     for (const [role, pids] of childrenByRole(p)) {
       for (const pid of pids) {

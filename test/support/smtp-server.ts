@@ -49,6 +49,8 @@ export interface PeerScript {
   stallData: boolean;
   /** Recipients taken per transaction (0 = no limit); past it RCPT gets 452 4.5.3 (RFC 5321 §4.5.3.1.10). */
   maxRcpts: number;
+  /** The reply after the final dot comes this long after the message was taken (it is recorded at once). */
+  dataReplyDelayMs: number;
   /** The next N transactions get `tempfailReply` to every RCPT (counts down as they are used). */
   tempfailRcpt: number;
   /** The next N messages get `tempfailReply` after the final dot (counts down as they are used). */
@@ -112,6 +114,7 @@ export async function startSmtpPeer(
     hang: false,
     stallData: false,
     maxRcpts: 0,
+    dataReplyDelayMs: 0,
     tempfailRcpt: 0,
     tempfailData: 0,
     tempfailReply: '451 4.3.0 Try again later',
@@ -262,7 +265,9 @@ export async function startSmtpPeer(
         send(s.tempfailReply);
       } else {
         messages.push({ ...got, rcpts });
-        send(`250 2.0.0 Ok: queued as M${messages.length}`);
+        const ok = `250 2.0.0 Ok: queued as M${messages.length}`;
+        if (s.dataReplyDelayMs > 0) setTimeout(() => send(ok), s.dataReplyDelayMs);
+        else send(ok);
       }
       reset();
       changed();
