@@ -169,8 +169,8 @@ describe('parseConfig', () => {
 
 describe('values that would switch a limit off or break the protocol are refused, naming key and line', () => {
   const cases: [string, string, RegExp][] = [
-    ['a zero command timeout', '[smtp]\ntimeout = "0s"\n', /:2: smtp\.timeout: must be at least "1s"/],
-    ['a zero stress timeout', '[smtp]\nstress_timeout = "0s"\n', /:2: smtp\.stress_timeout: must be at least "1s"/],
+    ['a zero command timeout', '[smtp]\ntimeout = "0s"\n', /:2: smtp\.timeout: must be at least "100ms"/],
+    ['a zero stress timeout', '[smtp]\nstress_timeout = "0s"\n', /:2: smtp\.stress_timeout: must be at least "100ms"/],
     ['a zero scan interval (a busy loop)', '[queue]\nscan_interval = "0s"\n', /:2: queue\.scan_interval: must be at least "100ms"/],
     ['retry_max below retry_min', '[queue]\nretry_min = "10m"\nretry_max = "5m"\n', /:3: queue\.retry_max: must be at least retry_min/],
     ['a zero delivery timeout', '[delivery]\ntimeout = "0s"\n', /:2: delivery\.timeout: must be "" or at least "100ms"/],

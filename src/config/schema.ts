@@ -70,7 +70,7 @@ const smtp = z
     max_message_size: int(10_240_000, 1024, 2 ** 40, 'SIZE advertised and enforced, bytes (552 5.3.4)'),
     max_recipients: int(1000, 1, 100_000, 'Recipients per transaction, then 452 4.5.3 (RFC 5321 §4.5.3.1.8: at least 100)'),
     max_errors: int(20, 1, 10_000, 'Error replies per session before 421 and close'),
-    timeout: duration('300s', 'Per command and per DATA block (RFC 5321 §4.5.3.2)', '1s'),
+    timeout: duration('300s', 'Per command and per DATA block (RFC 5321 §4.5.3.2)', '100ms'),
     max_sessions: int(200, 1, 1_000_000, 'Concurrent sessions over all workers, then 421 4.7.0'),
     max_sessions_per_ip: int(50, 0, 1_000_000, 'Concurrent sessions per client address; 0 = unlimited; trusted_networks exempt'),
     require_helo: z.boolean().default(false).describe('true: MAIL before EHLO/HELO gets 503 5.5.1'),
@@ -81,7 +81,7 @@ const smtp = z
     max_message_rate_per_ip: int(0, 0, 1_000_000, 'Messages (MAIL commands) per client address per minute, then 450 4.7.1; 0 = unlimited; trusted_networks exempt'),
     max_recipient_rate_per_ip: int(0, 0, 10_000_000, 'Accepted recipients per client address per minute, then 450 4.7.1 at RCPT; 0 = unlimited; trusted_networks exempt'),
     stress_threshold: z.number().min(0.1).max(1).default(0.8).describe('Stress mode starts when sessions reach this fraction of max_sessions (ends below 3/4 of that)'),
-    stress_timeout: duration('10s', 'Per-command timeout while in stress mode', '1s'),
+    stress_timeout: duration('10s', 'Per-command timeout while in stress mode', '100ms'),
     stress_max_errors: int(3, 1, 10_000, 'Error replies per session before 421 while in stress mode'),
   })
   .prefault({});
@@ -118,7 +118,7 @@ const queue = z
     dir: z.string().default('').describe('Queue directory; "" = <data_dir>/spool'),
     retry_min: duration('5m', 'First retry delay; doubles up to retry_max', '100ms'),
     retry_max: duration('1h', 'Longest retry delay (at least retry_min)', '100ms'),
-    lifetime: duration('5d', 'A message still undelivered after this is bounced', '1s'),
+    lifetime: duration('5d', 'A message still undelivered after this is bounced', '100ms'),
     delay_warning: duration('4h', 'Send a delay DSN after this; "0s" = off'),
     scan_interval: duration('5s', 'How often the queue manager looks for new and due messages besides commit notices', '100ms'),
     active_limit: int(10_000, 1, 10_000_000, 'Messages held in the active set at once; the rest wait on disk'),
