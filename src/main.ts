@@ -45,9 +45,14 @@ async function smtpOnStdio(cfg: Config): Promise<number> {
   smtpd.attach(front);
   const sock = connect((server.address() as AddressInfo).port, '127.0.0.1');
   server.on('connection', (s: Socket) => {
-    if (s.remotePort !== sock.localPort) return s.destroy();
-    server.close();
-    front.emit('connection', s);
+    const ours = () => {
+      if (s.remotePort !== sock.localPort) return s.destroy();
+      server.close();
+      front.emit('connection', s);
+    };
+    // Our end's port is known once its connect has completed, which may come after the accept.
+    if (sock.connecting) sock.once('connect', ours);
+    else ours();
   });
   process.stdin.pipe(sock);
   sock.pipe(process.stdout, { end: false });
