@@ -7,15 +7,15 @@ import { Destinations, type QueuedJob } from './destinations.ts';
 
 /** A job whose run() resolves when the test says so. */
 function job(dest: string, log: string[]): QueuedJob & { finish(destFailed: boolean): void } {
-  let finish: (v: boolean) => void = () => {};
+  let finish: (v: string | null) => void = () => {};
   return {
     dest,
     run: () => {
       log.push(`run ${dest}`);
-      return new Promise<boolean>((r) => (finish = r));
+      return new Promise<string | null>((r) => (finish = r));
     },
     fail: (reason) => log.push(`fail ${dest}: ${reason}`),
-    finish: (v) => finish(v),
+    finish: (destFailed) => finish(destFailed ? 'connect ECONNREFUSED' : null),
   };
 }
 
@@ -36,6 +36,7 @@ test('a destination failing at the smallest window turns dead: its backlog and n
   const late = job('down.test', log);
   d.add(late);
   assert.match(log.at(-1)!, /^fail down\.test: destination down\.test is not responding/);
+  assert.match(log.at(-1)!, /; last error: connect ECONNREFUSED$/, 'the cause stays in sight');
   // Other destinations are not affected.
   const other = job('up.test', log);
   d.add(other);

@@ -6,7 +6,8 @@
 /** A queued unit of work for one destination. */
 export interface QueuedJob {
   readonly dest: string;
-  run(): Promise<boolean>;
+  /** Resolves null when the destination worked, else with why it failed ("" when there is nothing to say). */
+  run(): Promise<string | null>;
   /** Called instead of run() when the destination is dead: the job is deferred with `reason`. */
   fail(reason: string): void;
 }
@@ -28,6 +29,8 @@ interface Dest {
   failures: number;
   deadUntil: number;
   deadReason: string;
+  /** The last failure's reply, kept in the reason a dead destination's jobs are deferred with. */
+  lastError: string;
 }
 
 /** The scheduler of jobs over destinations (round-robin between destinations for fairness). */
@@ -46,7 +49,7 @@ export class Destinations {
   private dest(key: string): Dest {
     let d = this.dests.get(key);
     if (d === undefined) {
-      d = { queue: [], active: 0, window: this.limits.initial, failures: 0, deadUntil: 0, deadReason: '' };
+      d = { queue: [], active: 0, window: this.limits.initial, failures: 0, deadUntil: 0, deadReason: '', lastError: '' };
       this.dests.set(key, d);
       this.rr.push(key);
     }
@@ -69,6 +72,7 @@ export class Destinations {
     for (const d of this.dests.values()) {
       d.deadUntil = 0;
       d.failures = 0;
+      d.lastError = '';
     }
   }
 
@@ -98,31 +102,34 @@ export class Destinations {
         this.active++;
         progress = true;
         void job.run().then(
-          (destFailed) => this.done(key, destFailed),
-          () => this.done(key, true),
+          (error) => this.done(key, error),
+          () => this.done(key, ''),
         );
       }
     }
     this.gc();
   }
 
-  private done(key: string, destFailed: boolean): void {
+  private done(key: string, error: string | null): void {
     const d = this.dest(key);
     d.active--;
     this.active--;
-    if (destFailed) {
+    if (error !== null) {
       d.failures++;
+      d.lastError = error;
       d.window = Math.max(1, Math.floor(d.window / 2));
-      // Repeated failures at the smallest window: the destination is down; defer its backlog now.
+      // Repeated failures at the smallest window: the destination is down; defer its backlog now, with the cause
+      // in sight (queue show, the DSN).
       if (d.window === 1 && d.failures >= 3) {
         d.deadUntil = this.now() + this.limits.deadMs;
-        d.deadReason = `destination ${key} is not responding; backlog deferred`;
+        d.deadReason = `destination ${key} is not responding; backlog deferred${d.lastError ? `; last error: ${d.lastError}` : ''}`;
         const backlog = d.queue;
         d.queue = [];
         for (const j of backlog) j.fail(d.deadReason);
       }
     } else {
       d.failures = 0;
+      d.lastError = '';
       d.deadUntil = 0;
       if (d.window < this.limits.max) d.window++;
     }

@@ -93,8 +93,6 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   const delayWarning = parseDuration(cfg.queue.delay_warning)!;
   const scanMs = parseDuration(cfg.queue.scan_interval)!;
   const overrides = cfg.delivery.reply_overrides.map((o) => ({ re: new RegExp(o.pattern, 'i'), action: o.action }));
-  // The last reply of a failed delivery per destination, for what a dead destination's deferrals report.
-  const lastFailure = new Map<string, string>();
   const dests = new Destinations({ initial: cfg.delivery.initial_concurrency, max: cfg.delivery.concurrency, global: cfg.delivery.max_parallel, deadMs: retryMin }, now);
   const active = new Map<string, Msg>();
   /** Deferred messages not in memory: id → next retry (ms). */
@@ -236,19 +234,11 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           run: async () => {
             m.tried = true;
             const res = await dispatch(job);
-            if (res.destinationFailed) {
-              // Bounded like the destinations themselves: a flood of failing domains cannot grow it for ever.
-              if (lastFailure.size >= 10_000) lastFailure.clear();
-              lastFailure.set(d.key, res.results.find((r) => r.reply !== '')?.reply ?? '');
-            } else lastFailure.delete(d.key);
             await recordResults(m, job, res.results, started);
-            return res.destinationFailed;
+            return res.destinationFailed ? (res.results.find((r) => r.reply !== '')?.reply ?? '') : null;
           },
           fail: (reason) => {
-            // Keep the cause in sight (queue show, the DSN): the failure that made the destination dead.
-            const cause = lastFailure.get(d.key);
-            const reply = cause ? `${reason}; last error: ${cause}` : reason;
-            void recordResults(m, job, job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.4.1', reply, relay: '' })), started);
+            void recordResults(m, job, job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.4.1', reply: reason, relay: '' })), started);
           },
         });
       }
@@ -514,7 +504,6 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     if (c.cmd === 'flush') {
       // As Postfix's flush: destinations marked dead are tried again too.
       dests.revive();
-      lastFailure.clear();
       for (const id of deferred.keys()) deferred.set(id, 0);
       void scan();
       return { ok: true, flushed: deferred.size };
