@@ -93,6 +93,7 @@ interface InitMessage {
   socketGroup?: number;
   cleanupPath?: string;
   deliveryPath?: string;
+  commandPath?: string;
 }
 
 // Master's messages that arrive before the role has loaded its code and installed its handler wait here, in
@@ -137,6 +138,7 @@ async function runChild(role: string): Promise<void> {
   if (role === 'smtpd') return runSmtpd(init);
   if (role === 'qmgr') return runQmgr(init);
   if (role === 'delivery') return runDelivery(init);
+  if (role === 'command') return runCommandAgent(init);
   throw new Error(`unknown child role ${role}`);
 }
 
@@ -325,7 +327,7 @@ async function runDelivery(init: InitMessage): Promise<void> {
   const log = createLogger('delivery', cfg.log.level, { batched: true });
   const servers = cfg.dns.servers.length > 0 ? cfg.dns.servers.map((s) => parseServer(s)!).filter(Boolean) : systemServers();
   const resolver = createResolver(servers, parseDuration(cfg.dns.timeout)!, cfg.dns.dnssec);
-  const worker = createDelivery({ log, resolver, cleanupPath: init.cleanupPath! }, cfg);
+  const worker = createDelivery({ log, resolver, cleanupPath: init.cleanupPath!, ...(init.commandPath ? { commandPath: init.commandPath } : {}) }, cfg);
   onMasterMessage((m: { type: string; display?: string }, handle?: unknown) => {
     if (m.type === 'listen') {
       const server = createServer();
@@ -334,6 +336,25 @@ async function runDelivery(init: InitMessage): Promise<void> {
         process.send!({ type: 'listening', display: m.display });
       });
     } else if (m.type === 'drain') void worker.drain().then(() => process.exit(0));
+  });
+}
+
+async function runCommandAgent(init: InitMessage): Promise<void> {
+  const cfg = init.config;
+  const { createCommandAgent } = await import('./delivery/index.ts');
+  const { parseDuration } = await import('./core/duration.ts');
+  const log = createLogger('command', cfg.log.level, { batched: true });
+  const agent = createCommandAgent(log, parseDuration(cfg.local.command_timeout)!);
+  // Commands run in their own process groups: they must not outlive the agent (master gone, a crash).
+  process.on('exit', () => agent.killAll());
+  onMasterMessage((m: { type: string }, handle?: unknown) => {
+    if (m.type === 'listen') {
+      const server = createServer();
+      server.listen(handle as object, () => {
+        agent.attach(server);
+        process.send!({ type: 'listening' });
+      });
+    } else if (m.type === 'drain') void agent.drain().then(() => process.exit(0));
   });
 }
 

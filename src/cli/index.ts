@@ -232,6 +232,13 @@ async function newaliases(cfg: Config): Promise<number> {
   }
   for (const p of res.problems) process.stderr.write(`newaliases: ${path}:${p.line}: ${p.message}\n`);
   if (res.problems.length > 0) return EXIT.dataErr;
+  // Not errors, but mail to these would bounce: say so while the operator is looking.
+  for (const e of res.entries) {
+    for (const t of e.targets) {
+      if (t.startsWith('|') && !cfg.local.allow_commands) process.stderr.write(`newaliases: ${path}:${e.line}: warning: "${e.name}" delivers to a command, but [local] allow_commands is off: it bounces 5.7.1\n`);
+      if (t.startsWith('/')) process.stderr.write(`newaliases: ${path}:${e.line}: warning: "${e.name}" delivers to a file, which Palisade does not do: it bounces 5.7.1\n`);
+    }
+  }
   process.stdout.write(`newaliases: ${path}: ${res.entries.length} aliases ok\n`);
   // As Postfix's newaliases makes a new table take effect: a running Palisade reloads (smtpd and the delivery
   // agents read the file when they start).

@@ -95,6 +95,9 @@ const local = z
       .describe('Known local recipients: local parts or addresses, or "file:PATH" (one per line); [] = every local part exists'),
     aliases: z.string().regex(/^(file:.+)?$/, { message: 'expected "" or "file:PATH"' }).default('').describe('"file:PATH" in aliases(5) format'),
     mailbox_dir: z.string().default('').describe('Maildir per recipient under this directory; "" = <data_dir>/mail'),
+    allow_commands: z.boolean().default(false).describe('Deliver to "|command" targets of the aliases file (never to ones in :include: files); off = such targets bounce 5.7.1'),
+    command_user: z.string().default('nobody').describe('Commands run as this user when the privilege drop is on; not root, `user` or `smtpd_user`, outside group "palisade"'),
+    command_timeout: duration('1000s', 'A command still running after this is killed and its recipient tried again later', '100ms'),
   })
   .prefault({});
 
@@ -166,7 +169,13 @@ const log = z
   .prefault({});
 
 /** The whole file. Sections not listed here are refused (with the issue that brings them, in the error). */
-export const configSchema = z.strictObject({ server, smtp, local, relay, transport, queue, delivery, dns, log });
+export const configSchema = z
+  .strictObject({ server, smtp, local, relay, transport, queue, delivery, dns, log })
+  // Commands must not run with the rights of the queue's owner, of smtpd or of root.
+  .refine((c) => !c.local.allow_commands || !['', 'root', c.server.user, c.server.smtpd_user].includes(c.local.command_user), {
+    message: 'must name a user other than root, server.user and server.smtpd_user',
+    path: ['local', 'command_user'],
+  });
 
 /** Raw config as parsed (defaults applied, placeholders not yet resolved). */
 export type RawConfig = z.infer<typeof configSchema>;

@@ -8,16 +8,18 @@ import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult } from '../core/delivery.ts';
 import { parseDuration } from '../core/duration.ts';
-import { encodeJson, FrameDecoder, submit } from '../ipc/index.ts';
+import { encodeJson, exchange, FrameDecoder, submit } from '../ipc/index.ts';
 import { appendRecordsSync, readQueueFile } from '../queue/index.ts';
 import { createTable, readAliases, type AliasEntry } from '../lookup/index.ts';
 import type { Resolver } from '../dns/index.ts';
 import { ConnectionCache, deliverSmtp } from './smtp.ts';
 import { deliverLocal, type LocalDeps } from './local.ts';
+import type { CommandOutcome } from './command.ts';
 import { stageTimeouts, type OutboundMessage } from './session.ts';
 import { messageChunks } from './message.ts';
 
 export { dotStuff } from './message.ts';
+export { createCommandAgent, commandServer } from './command.ts';
 
 /** What the delivery worker needs. */
 export interface DeliveryDeps {
@@ -25,6 +27,8 @@ export interface DeliveryDeps {
   readonly resolver: Resolver;
   /** cleanup's socket, for alias forwarding. */
   readonly cleanupPath: string;
+  /** The command agent's socket; set only when [local] allow_commands is on. */
+  readonly commandPath?: string;
 }
 
 /** A running delivery worker. */
@@ -72,6 +76,7 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
       if (!res.ok) throw Object.assign(new Error(`forwarding refused: ${res.code} ${res.text}`), { code: 'EREINJECT' });
       return res.qid;
     },
+    ...(deps.commandPath !== undefined ? { runCommand: commandClient(deps.commandPath, parseDuration(cfg.local.command_timeout)!) } : {}),
   };
   let running = 0;
   let idle: (() => void) | null = null;
@@ -172,6 +177,18 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
       if (running === 0) return Promise.resolve();
       return new Promise((r) => (idle = r));
     },
+  };
+}
+
+// Asks the command agent to run one command; no answer (agent restarting, gone) = try again later.
+function commandClient(path: string, timeoutMs: number): NonNullable<LocalDeps['runCommand']> {
+  return async (command, env, message) => {
+    // The agent enforces the time limit; this one only covers an agent that never answers.
+    const r = await exchange(path, { type: 'command', command, env }, message, timeoutMs + 30_000, 'command agent');
+    if (!r.ok) return { status: 'deferred', dsn: '4.3.0', reply: r.error };
+    const a = r.answer as Partial<CommandOutcome>;
+    if ((a.status === 'sent' || a.status === 'deferred' || a.status === 'bounced') && typeof a.dsn === 'string' && typeof a.reply === 'string') return { status: a.status, dsn: a.dsn, reply: a.reply };
+    return { status: 'deferred', dsn: '4.3.0', reply: 'bad answer from the command agent' };
   };
 }
 

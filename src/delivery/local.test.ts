@@ -75,3 +75,19 @@ test('an alias that expands to nothing (include files that only include each oth
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('"|command" targets: refused while commands are off, taken from the aliases file when on, never from an include file', async () => {
+  const aliases = 'list: "|/usr/bin/list-post --name a, b", alice\nincl: :include:/etc/incl\n';
+  const files = { '/etc/incl': '"|/bin/true", bob\n' };
+  const off = await expand('list@mx.test', deps(aliases, files, []));
+  assert.deepEqual(off[0], { kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled' });
+  const on = { ...deps(aliases, files, []), runCommand: () => Promise.reject(new Error('not run by expand')) };
+  assert.deepEqual(await expand('list@mx.test', on), [
+    { kind: 'command', command: '/usr/bin/list-post --name a, b', address: 'list@mx.test' },
+    { kind: 'mailbox', user: 'alice', address: 'alice@mx.test' },
+  ]);
+  assert.deepEqual(await expand('incl@mx.test', on), [
+    { kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed' },
+    { kind: 'mailbox', user: 'bob', address: 'bob@mx.test' },
+  ]);
+});

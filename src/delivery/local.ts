@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Local delivery: alias expansion (aliases(5), :include:, depth limit, cycle detection) and Maildir delivery
 // (tmp → fsync → new → fsync dir; LF line ends) with Return-Path: and Delivered-To:. Alias targets outside
-// the local domains are re-injected through cleanup as a new message. Pipes and files are refused (not
-// enabled).
+// the local domains are re-injected through cleanup as a new message. "|command" targets of the aliases file
+// go to the command agent (src/delivery/command.ts) when [local] allow_commands is on, else bounce 5.7.1, as
+// do commands in :include: files and file targets ("/path", not supported).
 
 import { promises as fsp, constants } from 'node:fs';
 import { join } from 'node:path';
@@ -10,10 +11,11 @@ import { hostname as osHostname } from 'node:os';
 import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
 import { isMailboxName, parseMailbox, mailboxToString } from '../core/address.ts';
 import type { AliasEntry } from '../lookup/index.ts';
-import type { LookupTable } from '../lookup/index.ts';
+import { splitTargets, type LookupTable } from '../lookup/index.ts';
 import { crlfEnd, crlfToLf, messageChunks } from './message.ts';
 import { readHeaderSection } from '../queue/index.ts';
 import type { OutboundMessage } from './session.ts';
+import type { CommandOutcome } from './command.ts';
 
 // Alias expansion stops at this depth (loops that are not exact cycles end here).
 export const MAX_ALIAS_DEPTH = 10;
@@ -30,10 +32,16 @@ export interface LocalDeps {
   readonly reinject: (sender: string, recipients: string[], msg: OutboundMessage, prefix: string) => Promise<string>;
   /** Reads a :include: file (tests may substitute). */
   readonly readInclude?: (path: string) => Promise<string>;
+  /** Runs a "|command" target with the message (LF line ends) on its stdin; absent = commands are disabled. */
+  readonly runCommand?: (command: string, env: Record<string, string>, message: AsyncIterable<Buffer>) => Promise<CommandOutcome>;
 }
 
 /** A resolved local target. */
-type Target = { kind: 'mailbox'; user: string; address: string } | { kind: 'remote'; address: string } | { kind: 'refused'; dsn: string; reason: string };
+type Target =
+  | { kind: 'mailbox'; user: string; address: string }
+  | { kind: 'remote'; address: string }
+  | { kind: 'command'; command: string; address: string }
+  | { kind: 'refused'; dsn: string; reason: string };
 
 function localPart(address: string): { local: string; domain: string } {
   const at = address.lastIndexOf('@');
@@ -50,7 +58,7 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
     if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion of ${address} deeper than ${MAX_ALIAS_DEPTH}` }];
     const next = new Set(seen).add(local);
     const out: Target[] = [];
-    for (const t of alias.targets) out.push(...(await expandTarget(t, domain, deps, depth + 1, next)));
+    for (const t of alias.targets) out.push(...(await expandTarget(t, `${local}@${domain}`, deps, depth + 1, next, false)));
     return out;
   }
   // A name that expands to itself (e.g. "root: root, backup@x") is delivered to the mailbox (aliases(5)).
@@ -61,8 +69,17 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
   return [{ kind: 'mailbox', user: local, address }];
 }
 
-async function expandTarget(t: string, domain: string, deps: LocalDeps, depth: number, seen: Set<string>): Promise<Target[]> {
-  if (t.startsWith('|')) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled' }];
+// `owner` = the alias whose target this is (name@domain); `included` = read from a :include: file.
+async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: number, seen: Set<string>, included: boolean): Promise<Target[]> {
+  const domain = owner.slice(owner.lastIndexOf('@') + 1);
+  if (t.startsWith('|')) {
+    if (deps.runCommand === undefined) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled' }];
+    // As Postfix's default: an include file may belong to someone other than the one who wrote the aliases.
+    if (included) return [{ kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed' }];
+    const command = t.slice(1).trim();
+    if (command === '') return [{ kind: 'refused', dsn: '5.3.5', reason: `empty command in alias ${owner}` }];
+    return [{ kind: 'command', command, address: owner }];
+  }
   if (t.startsWith('/')) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to files is disabled' }];
   if (t.toLowerCase().startsWith(':include:')) {
     const path = t.slice(9).trim();
@@ -81,10 +98,7 @@ async function expandTarget(t: string, domain: string, deps: LocalDeps, depth: n
     }
     const out: Target[] = [];
     for (const line of text.split('\n')) {
-      for (const item of line.replace(/#.*/, '').split(',')) {
-        const x = item.trim();
-        if (x !== '') out.push(...(await expandTarget(x, domain, deps, depth, seen)));
-      }
+      for (const x of splitTargets(line.replace(/#.*/, ''))) out.push(...(await expandTarget(x, owner, deps, depth, seen, true)));
     }
     return out;
   }
@@ -135,6 +149,8 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
   // lead there (aliases(5) duplicate elimination; Postfix local(8) does the same).
   const delivered = new Set<string>();
   const forwarded = new Set<string>();
+  // Commands run once per message too; a failed one is remembered for the other recipients that lead to it.
+  const commandRuns = new Map<string, CommandOutcome>();
   for (const r of job.recipients) {
     if (deliveredTo.has(r.address.toLowerCase())) {
       results.push({ index: r.index, status: 'bounced', dsn: '5.4.6', reply: `mail forwarding loop for ${r.address} (Delivered-To: already present)`, relay: 'local' });
@@ -153,8 +169,31 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
       results.push({ index: r.index, status: 'bounced', dsn: '5.4.6', reply: `alias expansion of ${r.address} yields no recipient (a loop of include files?)`, relay: 'local' });
       continue;
     }
-    if (refused.length > 0 && refused.length === targets.length) {
-      results.push({ index: r.index, status: 'bounced', dsn: refused[0]!.dsn, reply: refused[0]!.reason, relay: 'local' });
+    // Commands first: one that says "try again" defers the recipient before anything else is delivered for it
+    // (a retry then repeats only the commands that had succeeded).
+    const failed: { dsn: string; reason: string }[] = refused.map((x) => ({ dsn: x.dsn, reason: x.reason }));
+    let commands = 0;
+    let deferredBy: CommandOutcome | null = null;
+    for (const t of targets) {
+      if (t.kind !== 'command') continue;
+      let o = commandRuns.get(t.command);
+      if (o === undefined) {
+        o = await runCommand(deps, t, r.address, job, msg);
+        commandRuns.set(t.command, o);
+      }
+      if (o.status === 'deferred') {
+        deferredBy = o;
+        break;
+      }
+      if (o.status === 'bounced') failed.push({ dsn: o.dsn, reason: o.reply });
+      else commands++;
+    }
+    if (deferredBy !== null) {
+      results.push({ index: r.index, status: 'deferred', dsn: deferredBy.dsn, reply: deferredBy.reply, relay: 'local' });
+      continue;
+    }
+    if (failed.length === targets.length) {
+      results.push({ index: r.index, status: 'bounced', dsn: failed[0]!.dsn, reply: failed[0]!.reason, relay: 'local' });
       continue;
     }
     try {
@@ -179,8 +218,9 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
         note = `; forwarded as ${qid}`;
         for (const a of remote) forwarded.add(a);
       }
+      if (commands > 0) note += `; ${commands} command(s)`;
       if (dup > 0) note += `; ${dup} duplicate(s) already delivered in this message`;
-      const partial = refused.length > 0 ? `; ${refused.length} alias target(s) refused: ${refused.map((x) => x.reason).join(', ')}` : '';
+      const partial = failed.length > 0 ? `; ${failed.length} alias target(s) failed: ${failed.map((x) => x.reason).join(', ')}` : '';
       results.push({ index: r.index, status: 'sent', dsn: '2.0.0', reply: `delivered to ${done.size > 0 ? `maildir (${[...done].join(', ')})` : 'aliases'}${note}${partial}`, relay: 'local' });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
@@ -188,4 +228,30 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
     }
   }
   return { results, destinationFailed: false };
+}
+
+/**
+ * Runs one command target through the command agent: the message with LF line ends after a From_ line,
+ * Return-Path:, X-Original-To: and Delivered-To: (what Postfix's local(8) gives a command), and the
+ * recipient's details in the environment.
+ */
+async function runCommand(deps: LocalDeps, t: Extract<Target, { kind: 'command' }>, original: string, job: DeliveryJob, msg: OutboundMessage): Promise<CommandOutcome> {
+  const { local, domain } = localPart(t.address);
+  const sender = job.sender === '' ? 'MAILER-DAEMON' : job.sender;
+  const prefix = `From ${sender} ${asctime(new Date())}\nReturn-Path: <${job.sender}>\nX-Original-To: ${original}\nDelivered-To: ${t.address}\n`;
+  const env = { SENDER: job.sender, RECIPIENT: t.address, ORIGINAL_RECIPIENT: original, LOCAL: local, DOMAIN: domain, USER: local, LOGNAME: local, QUEUE_ID: job.qid };
+  async function* message(): AsyncGenerator<Buffer> {
+    yield Buffer.from(prefix, 'utf8');
+    const eol = { cr: false };
+    for await (const chunk of messageChunks(msg.file, msg.offset, msg.length)) yield crlfToLf(chunk as Buffer, eol);
+    const end = crlfEnd(eol);
+    if (end.length > 0) yield Buffer.from(end);
+  }
+  return deps.runCommand!(t.command, env, message());
+}
+
+// The date of a From_ line: "Sat Nov 28 07:46:09 2026" (asctime form, UTC).
+export function asctime(d: Date): string {
+  const [wd, day, mon, year, time] = d.toUTCString().replace(',', '').split(' ') as [string, string, string, string, string];
+  return `${wd} ${mon} ${String(Number(day)).padStart(2, ' ')} ${time} ${year}`;
 }

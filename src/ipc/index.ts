@@ -4,4 +4,4 @@
 
 export { encodeFrame, encodeJson, frameHeader, encodeData, FrameDecoder, MAX_FRAME, KIND, type Frame, type FrameKind } from './framing.ts';
 export { request, RequestPool } from './request.ts';
-export { submit, type SubmitResult } from './submit.ts';
+export { submit, exchange, type SubmitResult, type ExchangeResult } from './submit.ts';

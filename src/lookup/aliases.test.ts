@@ -4,7 +4,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { parseAliases } from './aliases.ts';
+import { parseAliases, splitTargets } from './aliases.ts';
 
 describe('parseAliases', () => {
   test('parses names and comma-separated targets with their line numbers', () => {
@@ -120,4 +120,18 @@ describe('parseAliases properties', () => {
       { numRuns: 300 },
     );
   });
+});
+
+test('a quoted command keeps its commas and loses its quotes; a quoted local part keeps its quotes', () => {
+  assert.deepEqual(splitTargets(' "|/usr/bin/post --to a,b" , alice, "john doe"@example.org,, '), ['|/usr/bin/post --to a,b', 'alice', '"john doe"@example.org']);
+  assert.deepEqual(splitTargets('"|echo \\"x, y\\""'), ['|echo "x, y"']);
+  const { entries, problems } = parseAliases('list: "|/usr/bin/post a, b", bob\n');
+  assert.deepEqual(problems, []);
+  assert.deepEqual(entries[0]!.targets, ['|/usr/bin/post a, b', 'bob']);
+});
+
+test('splitTargets: any text gives trimmed, non-empty targets; a list of plain targets comes back as written', () => {
+  fc.assert(fc.property(fc.string(), (s) => splitTargets(s).every((t) => t !== '' && t === t.trim())));
+  const plain = fc.stringMatching(/^[a-z0-9._+@-]{1,12}$/);
+  fc.assert(fc.property(fc.array(plain, { minLength: 1, maxLength: 6 }), (ts) => assert.deepEqual(splitTargets(ts.join(' ,  ')), ts)));
 });

@@ -36,7 +36,7 @@ export function parseAliases(text: string): { entries: AliasEntry[]; problems: A
       continue;
     }
     const name = l.slice(0, colon).trim().replace(/^"(.*)"$/, '$1').toLowerCase();
-    const targets = l.slice(colon + 1).split(',').map((t) => t.trim()).filter((t) => t !== '');
+    const targets = splitTargets(l.slice(colon + 1));
     if (!/^[^\s@]+$/.test(name)) problems.push({ line, message: `bad alias name "${name}"` });
     else if (targets.length === 0) problems.push({ line, message: `alias "${name}" has no targets` });
     else if (seen.has(name)) problems.push({ line, message: `alias "${name}" repeats line ${seen.get(name)}` });
@@ -48,7 +48,60 @@ export function parseAliases(text: string): { entries: AliasEntry[]; problems: A
   return { entries, problems };
 }
 
+/**
+ * Splits an alias's right-hand side at commas outside double quotes. A quoted command ("|cmd a, b") loses its
+ * quotes; other quoting (a quoted local part) is kept for the address parser.
+ */
+export function splitTargets(text: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i]!;
+    if (ch === '\\' && quoted && i + 1 < text.length) {
+      cur += ch + text[++i]!;
+      continue;
+    }
+    if (ch === '"') quoted = !quoted;
+    if (ch === ',' && !quoted) {
+      out.push(cur);
+      cur = '';
+    } else cur += ch;
+  }
+  out.push(cur);
+  return out
+    .map((t) => t.trim())
+    .filter((t) => t !== '')
+    .map((t) => (/^"\|.*"$/s.test(t) ? t.slice(1, -1).replace(/\\(.)/g, '$1') : t));
+}
+
 /** Reads an alias file ("file:PATH" or a path). Throws when unreadable. */
 export function readAliases(spec: string): { entries: AliasEntry[]; problems: AliasProblem[] } {
   return parseAliases(readFileSync(spec.replace(/^file:/, ''), 'utf8'));
+}
+
+/**
+ * The :include: files an alias file names, directly or through other include files (absolute paths, each
+ * once; an unreadable file ends its branch). Master grants the delivery agents read access to exactly these.
+ */
+export function includePaths(entries: readonly AliasEntry[], read: (path: string) => string = (f) => readFileSync(f, 'utf8')): string[] {
+  const found = new Set<string>();
+  const visit = (targets: readonly string[], depth: number) => {
+    for (const t of targets) {
+      if (!t.toLowerCase().startsWith(':include:')) continue;
+      const path = t.slice(9).trim();
+      if (!path.startsWith('/') || found.has(path)) continue;
+      found.add(path);
+      if (depth >= 10) continue;
+      let text: string;
+      try {
+        text = read(path);
+      } catch {
+        continue;
+      }
+      visit(text.split('\n').flatMap((line) => splitTargets(line.replace(/#.*/, ''))), depth + 1);
+    }
+  };
+  for (const e of entries) visit(e.targets, 0);
+  return [...found];
 }

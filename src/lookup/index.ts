@@ -3,4 +3,4 @@
 // A library: no process of its own, reads only the files it is given.
 
 export { createTable, type LookupTable } from './table.ts';
-export { parseAliases, readAliases, type AliasEntry, type AliasProblem } from './aliases.ts';
+export { includePaths, parseAliases, readAliases, splitTargets, type AliasEntry, type AliasProblem } from './aliases.ts';

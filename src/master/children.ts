@@ -14,8 +14,8 @@ export interface ChildSpec {
   readonly entry: string;
   readonly uid?: number;
   readonly gid?: number;
-  /** Node permission-model grants: paths this child may read and write (nothing else). */
-  readonly grants?: { readonly read: readonly string[]; readonly write: readonly string[] };
+  /** Node permission-model grants: paths this child may read and write (nothing else); a function is asked at each (re)start. */
+  readonly grants?: Grants | (() => Grants);
   /** Called each time a new process for this spec is up (send it its init message). */
   readonly onSpawn: (child: ChildProcess) => void;
   /** Called when the process exits (before any restart). */
@@ -52,7 +52,7 @@ export class Supervised {
     this.startedAt = Date.now();
     const child = fork(this.spec.entry, ['child', this.spec.role], {
       execPath: process.execPath,
-      execArgv: childExecArgv(this.spec.grants),
+      execArgv: childExecArgv(typeof this.spec.grants === 'function' ? this.spec.grants() : this.spec.grants),
       env: childEnv(),
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       ...(this.spec.uid !== undefined ? { uid: this.spec.uid, gid: this.spec.gid } : {}),
@@ -115,14 +115,23 @@ export class Supervised {
   }
 }
 
+/** A child's permission-model grants: paths it may read and write; `childProcess` only for the command agent. */
+export interface Grants {
+  readonly read: readonly string[];
+  readonly write: readonly string[];
+  readonly childProcess?: boolean;
+}
+
 // Children get no inherited Node flags from the master's command line, only the permission model with the
-// role's exact grants (no child processes, workers, addons, WASI or inspector: the model's defaults).
-export function childExecArgv(grants?: { readonly read: readonly string[]; readonly write: readonly string[] }): string[] {
+// role's exact grants (no child processes unless granted, no workers, addons, WASI or inspector: the model's
+// defaults).
+export function childExecArgv(grants?: Grants): string[] {
   const args = ['--disable-warning=ExperimentalWarning', '--disable-warning=SecurityWarning'];
   if (grants === undefined) return args;
   args.push('--permission', '--no-experimental-sqlite');
   for (const r of grants.read) args.push(`--allow-fs-read=${r}`);
   for (const w of grants.write) args.push(`--allow-fs-write=${w}`);
+  if (grants.childProcess === true) args.push('--allow-child-process');
   return args;
 }
 

@@ -19,7 +19,8 @@ import { QueueStore, MESSAGE_STATES } from '../queue/index.ts';
 import { encodeJson, FrameDecoder } from '../ipc/index.ts';
 import { EXIT } from '../core/exit.ts';
 import { Supervised } from './children.ts';
-import { ensureIdentities, secureSpool, type Identities } from './privilege.ts';
+import { includePaths, readAliases } from '../lookup/index.ts';
+import { ensureCommandUser, ensureIdentities, secureSpool, type Identities } from './privilege.ts';
 
 
 // How long a worker replaced by a reload may keep serving the sessions it already has.
@@ -112,19 +113,54 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   if (typeof deliveryHandle === 'number') throw new StartError(`cannot bind ${deliveryPath}: ${errnoName(deliveryHandle)}`, EXIT.software);
   chmodSync(deliveryPath, 0o600);
   if (ids !== null) chownSync(deliveryPath, ids.user.uid, ids.group);
+  // private/command: the command agent's socket, only with [local] allow_commands (decided at start).
+  const commandsOn = cfg.local.allow_commands;
+  const commandPath = store.path('private', 'command');
+  rmSync(commandPath, { force: true });
+  let commandHandle: object | null = null;
+  let commandIds: { uid: number; gid: number } | null = null;
+  if (commandsOn) {
+    if (ids !== null) {
+      try {
+        const made: string[] = [];
+        commandIds = ensureCommandUser(cfg.local.command_user, ids, made);
+        if (made.length > 0) log.info({ event: 'users-created', created: made });
+      } catch (e) {
+        throw new StartError(`local.command_user: ${(e as Error).message}`, EXIT.config);
+      }
+    }
+    const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(commandPath, -1, -1);
+    if (typeof h === 'number') throw new StartError(`cannot bind ${commandPath}: ${errnoName(h)}`, EXIT.software);
+    commandHandle = h;
+    // Only the delivery agents (user) connect; the agent itself has the listening handle from master.
+    chmodSync(commandPath, 0o600);
+    if (ids !== null) chownSync(commandPath, ids.user.uid, ids.group);
+  }
   mkdirSync(cfg.local.mailbox_dir, { recursive: true, mode: 0o700 });
   if (ids !== null) chownSync(cfg.local.mailbox_dir, ids.user.uid, ids.group);
 
   // Permission-model grants per role (docs/security.md): the code, plus exactly the role's own paths.
   const root = dirname(dirname(deps.entry));
   const code = [join(root, 'src'), join(root, 'node_modules'), join(root, 'package.json')];
-  const tables = [cfg.local.recipients, cfg.local.aliases].filter((t): t is string => typeof t === 'string' && t.startsWith('file:')).map((t) => t.slice(5));
+  // Lookup files of the config in force when a child starts (a reload may name others): the recipient and
+  // alias files, and for the delivery agents the :include: files the aliases name.
+  const tables = () => [cfg.local.recipients, cfg.local.aliases].filter((t): t is string => typeof t === 'string' && t.startsWith('file:')).map((t) => t.slice(5));
+  const includes = (): string[] => {
+    if (cfg.local.aliases === '') return [];
+    try {
+      return includePaths(readAliases(cfg.local.aliases).entries);
+    } catch {
+      return []; // an unreadable alias file: the delivery agent logs it
+    }
+  };
   const grants = {
-    smtpd: { read: [...code, ...tables], write: [] },
+    smtpd: () => ({ read: [...code, ...tables()], write: [] }),
     cleanup: { read: [...code, cfg.queue.dir], write: [cfg.queue.dir] },
     qmgr: { read: [...code, cfg.queue.dir], write: [cfg.queue.dir] },
     // active/: a delivery agent marks the recipients it delivered in the queue file before answering qmgr.
-    delivery: { read: [...code, cfg.queue.dir, cfg.local.mailbox_dir, '/etc/resolv.conf', ...tables], write: [cfg.local.mailbox_dir, join(cfg.queue.dir, 'active')] },
+    delivery: () => ({ read: [...code, cfg.queue.dir, cfg.local.mailbox_dir, '/etc/resolv.conf', ...tables(), ...includes()], write: [cfg.local.mailbox_dir, join(cfg.queue.dir, 'active')] }),
+    // The only child that may start processes; it reads nothing but its code (the message comes over its socket).
+    command: { read: code, write: [], childProcess: true },
   };
 
   const anvil = new Anvil(anvilLimits(cfg));
@@ -221,7 +257,9 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       entry: deps.entry,
       ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
       onSpawn: (child) => {
-        child.send({ type: 'init', role: 'delivery', config: cfg, cleanupPath });
+        // A reload that turns commands off takes effect here; turning them on needs a restart (no agent).
+        const commands = commandHandle !== null && cfg.local.allow_commands ? { commandPath } : {};
+        child.send({ type: 'init', role: 'delivery', config: cfg, cleanupPath, ...commands });
         child.send({ type: 'listen', display: 'delivery' }, deliveryHandle as Server);
         child.on('message', (m: { type: string }) => {
           if (m.type === 'listening') onReady();
@@ -231,6 +269,23 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     sup.start();
     return sup;
   };
+
+  // ---- command agent (only with [local] allow_commands) ----
+  const commandAgent = commandHandle === null ? null : new Supervised({
+    role: 'command',
+    grants: grants.command,
+    index: 0,
+    entry: deps.entry,
+    ...(commandIds ? { uid: commandIds.uid, gid: commandIds.gid } : {}),
+    onSpawn: (child) => {
+      child.send({ type: 'init', role: 'command', config: cfg });
+      child.send({ type: 'listen' }, commandHandle as Server);
+      child.on('message', (m: { type: string }) => {
+        if (m.type === 'listening') commandReady();
+      });
+    },
+  }, log);
+  let commandReady: () => void = () => {};
 
   // ---- smtpd workers ----
   const workerCount = cfg.smtp.workers > 0 ? cfg.smtp.workers : Math.max(1, cpus().length);
@@ -357,6 +412,10 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   try {
     await Promise.race([new Promise<void>((r) => { cleanupReady = r; cleanup.start(); }), startupTimeout('cleanup'), failed]);
     cleanupReady = () => {};
+    if (commandAgent !== null) {
+      await Promise.race([new Promise<void>((r) => { commandReady = r; commandAgent.start(); }), startupTimeout('command agent'), failed]);
+      commandReady = () => {};
+    }
     await Promise.race([
       Promise.all(Array.from({ length: deliveryCount }, (_, i) => new Promise<void>((r) => { deliveryWorkers.push(spawnDelivery(i, r)); }))),
       startupTimeout('delivery'),
@@ -374,6 +433,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
     await qmgr.stop({ type: 'stop', deadlineMs: 0 }, 2000);
     await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 2000)));
+    await commandAgent?.stop({ type: 'drain' }, 2000);
     await cleanup.stop({ type: 'stop' }, 2000);
     throw e;
   }
@@ -395,6 +455,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     // Deliveries in flight may finish (they need cleanup for DSNs); the rest repeat after restart.
     await qmgr.stop({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
     await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 5000)));
+    await commandAgent?.stop({ type: 'drain' }, 5000);
     await cleanup.stop({ type: 'stop' }, 10_000);
     control.close();
     rmSync(controlPath, { force: true });
@@ -419,6 +480,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       if (JSON.stringify(next.smtp.listen) !== JSON.stringify(cfg.smtp.listen) || next.queue.dir !== cfg.queue.dir) {
         log.warn({ event: 'reload-partial', note: 'listen addresses and queue.dir change only on restart' });
       }
+      if (next.local.allow_commands && commandHandle === null) log.warn({ event: 'reload-partial', note: 'local.allow_commands = true takes effect on restart' });
       cfg = { ...next, smtp: { ...next.smtp, listen: cfg.smtp.listen }, queue: { ...next.queue, dir: cfg.queue.dir } };
       anvil.setLimits(anvilLimits(cfg));
       // New workers take new connections; the old ones finish their sessions, then exit.
@@ -439,6 +501,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       // then the (now idle) agents are replaced; the new qmgr picks the queue up from disk.
       await qmgr.restart({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
       for (const d of deliveryWorkers) await d.restart({ type: 'drain' }, 5000);
+      await commandAgent?.restart({ type: 'drain' }, 5000);
       log.info({ event: 'reloaded', source: cfg.source });
       return { ok: true };
     } finally {

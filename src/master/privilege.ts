@@ -48,6 +48,26 @@ function ensureUser(name: string, group: string, created: string[]): { uid: numb
 }
 
 /**
+ * Resolves (creating when missing, with a group of its own) the user commands run as. Refused: root, either
+ * service user, and any user whose group is the service group (private/cleanup is open to that group).
+ */
+export function ensureCommandUser(name: string, ids: Identities, created: string[]): { uid: number; gid: number } {
+  let u = lookup('/etc/passwd', name);
+  if (u === null) {
+    execFileSync('useradd', ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--user-group', name], { stdio: 'pipe' });
+    created.push(`user ${name}`);
+    u = lookup('/etc/passwd', name);
+  }
+  if (u === null) throw new Error(`cannot create user ${name}`);
+  const uid = Number(u[2]);
+  const gid = Number(u[3]);
+  if (uid === 0) throw new Error(`${name} is root`);
+  if (uid === ids.user.uid || uid === ids.smtpd.uid) throw new Error(`${name} is a service user`);
+  if (gid === ids.group) throw new Error(`${name}'s group is "${SERVICE_GROUP}"`);
+  return { uid, gid };
+}
+
+/**
  * Resolves (creating when missing) the service users. Returns null when no drop applies.
  * `created` receives what was created, for the log.
  */

@@ -20,7 +20,10 @@ describe('local delivery', () => {
   before(async () => {
     peer = await startSmtpPeer();
     etc = mkdtempSync(join(tmpdir(), 'palisade-aliases-'));
-    writeFileSync(join(etc, 'aliases'), '# test aliases\nteam: alice, bob\nfwd: someone@remote.test\nboth: carol, other@remote.test\n');
+    writeFileSync(join(etc, 'staff'), '# included list\nalice\ncarol, :include:' + join(etc, 'more') + '\n');
+    writeFileSync(join(etc, 'more'), 'bob\n');
+    writeFileSync(join(etc, 'aliases'), '# test aliases\nteam: alice, bob\nfwd: someone@remote.test\nboth: carol, other@remote.test\ncmd: "|/bin/true"\n' +
+      `staff: :include:${join(etc, 'staff')}\n`);
     p = await startPalisade({
       toml: `[local]\nrecipients = ["alice", "bob", "carol"]\naliases = "file:${join(etc, 'aliases')}"\n` +
         `[transport]\n"*" = "smtp:[127.0.0.1]:${peer.port}"\n[queue]\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n`,
@@ -107,6 +110,27 @@ describe('local delivery', () => {
     assert.equal(header(carol!, 'Delivered-To'), 'carol@mx.test');
     const msgs = await peer.waitMessages(before + 1);
     assert.deepEqual(msgs[before]!.rcpts.map((r) => r.address), ['other@remote.test']);
+  });
+
+  test('an :include: list (and a list it includes) is read by the delivery agent and expanded', async () => {
+    const before = { alice: maildir(p.dir, 'alice').length, bob: maildir(p.dir, 'bob').length, carol: maildir(p.dir, 'carol').length };
+    const qid = await send('sender@client.test', [['staff@mx.test', 250]], 'Subject: staff meeting\n\nat noon\n');
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid);
+    for (const who of ['alice', 'bob', 'carol'] as const) {
+      const box = await waitMaildir(p.dir, who, before[who] + 1);
+      assert.match(box.at(-1)!.toString('utf8'), /staff meeting/, `${who} got it`);
+    }
+  });
+
+  test('with commands off (the default) a "|command" alias bounces 5.7.1 to the sender', async () => {
+    const before = maildir(p.dir, 'alice').length;
+    const qid = await send('alice@mx.test', [['cmd@mx.test', 250]], 'Subject: to a command\n\nbody\n');
+    const o = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(o.status, 'bounced');
+    assert.equal(o.dsn, '5.7.1');
+    assert.match(String(o.reply), /commands is disabled/);
+    const dsn = await waitMaildir(p.dir, 'alice', before + 1);
+    assert.match(header(dsn.at(-1)!, 'Subject')!, /fail|undeliver/i);
   });
 
   test('newaliases validates the edited alias file and puts it in use in the running Palisade', async () => {

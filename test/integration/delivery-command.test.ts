@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: MIT
+// "|command" aliases with [local] allow_commands on, the privilege drop on (run as root): the command gets the
+// message as Postfix's local(8) gives it (From_ line, Return-Path:, X-Original-To:, Delivered-To:, LF line
+// ends) and runs as command_user, which can read neither the queue nor reach cleanup; its exit status decides
+// (sysexits: 67 bounces 5.1.1, 75 defers), the time limit defers, and a command in an include file bounces.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startPalisade, type Running } from '../support/palisade.ts';
+import { openSession, queueIdOf } from '../support/smtp-client.ts';
+import { parseDsn, waitMaildir } from '../support/mailbox.ts';
+
+describe('delivery to commands', () => {
+  let p: Running;
+  let dir: string;
+  let out: string;
+  before(async () => {
+    // The service users and the command user must traverse these directories.
+    dir = mkdtempSync(join(tmpdir(), 'palisade-cmd-'));
+    chmodSync(dir, 0o755);
+    out = mkdtempSync(join(tmpdir(), 'palisade-cmd-out-'));
+    chmodSync(out, 0o777);
+    const spool = join(dir, 'var/spool');
+    writeFileSync(join(dir, 'incl'), `"|touch ${out}/never"\n`, { mode: 0o644 });
+    writeFileSync(join(dir, 'aliases'), [
+      `pipe: "|cat > ${out}/msg-$QUEUE_ID; id -un > ${out}/user-$QUEUE_ID; ls ${spool}/active > ${out}/queue-$QUEUE_ID 2>&1; echo \\"exit $?\\" >> ${out}/queue-$QUEUE_ID; if [ -w ${spool}/private/cleanup ]; then echo reachable; else echo unreachable; fi > ${out}/cleanup-$QUEUE_ID"`,
+      'nouser: "|cat > /dev/null; exit 67"',
+      'later: "|exit 75"',
+      'slow: "|sleep 60"',
+      `incl: :include:${join(dir, 'incl')}`,
+      '',
+    ].join('\n'), { mode: 0o644 });
+    p = await startPalisade({
+      dir,
+      dropPrivileges: true,
+      workers: 1,
+      toml: `[local]\naliases = "file:${join(dir, 'aliases')}"\nallow_commands = true\ncommand_timeout = "1s"\n` +
+        '[queue]\nretry_min = "1h"\nretry_max = "1h"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n',
+    });
+  });
+  after(async () => {
+    try {
+      if (p !== undefined) assert.equal(await p.stop(), 0, 'Palisade exits 0 on SIGTERM');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  async function send(rcpt: string, body = 'Subject: to a command\nMessage-ID: <cmd@client.test>\n\nline one\n..dotted\n'): Promise<string> {
+    const c = await openSession(p.port);
+    try {
+      await c.ok('MAIL FROM:<alice@mx.test>');
+      await c.ok(`RCPT TO:<${rcpt}>`);
+      await c.ok('DATA', 354);
+      c.write(body.replace(/\n/g, '\r\n') + '.\r\n');
+      return queueIdOf(await c.expect(250));
+    } finally {
+      c.close();
+    }
+  }
+  const outcome = (qid: string) => p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+
+  test('the command reads the message with a From_ line and the delivery headers, as command_user, walled off from the queue', async () => {
+    const qid = await send('pipe@mx.test');
+    const o = await outcome(qid);
+    assert.equal(o.status, 'sent', String(o.reply));
+    const msg = readFileSync(join(out, `msg-${qid}`), 'utf8');
+    assert.match(msg, /^From alice@mx\.test [A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d \d{4}\nReturn-Path: <alice@mx\.test>\nX-Original-To: pipe@mx\.test\nDelivered-To: pipe@mx\.test\nReceived: /);
+    assert.ok(msg.endsWith('Subject: to a command\nMessage-ID: <cmd@client.test>\n\nline one\n.dotted\n'), 'the message follows, dot-unstuffed, with LF line ends');
+    assert.ok(!msg.includes('\r'));
+    assert.equal(readFileSync(join(out, `user-${qid}`), 'utf8').trim(), 'nobody', 'runs as command_user (default nobody)');
+    const queue = readFileSync(join(out, `queue-${qid}`), 'utf8');
+    assert.match(queue, /Permission denied/, queue);
+    assert.doesNotMatch(queue, /exit 0/);
+    // Connecting to a Unix socket takes write permission on it (and search on its directories).
+    assert.equal(readFileSync(join(out, `cleanup-${qid}`), 'utf8').trim(), 'unreachable', 'cannot hand cleanup a message');
+  });
+
+  test('exit status 67 (EX_NOUSER) bounces 5.1.1 to the sender', async () => {
+    const qid = await send('nouser@mx.test');
+    const o = await outcome(qid);
+    assert.equal(o.status, 'bounced');
+    const [raw] = await waitMaildir(dir, 'alice');
+    const dsn = await parseDsn(raw!);
+    assert.equal(dsn.recipients.length, 1);
+    assert.equal(dsn.recipients[0]!['final-recipient'], 'rfc822; nouser@mx.test');
+    assert.equal(dsn.recipients[0]!.status, '5.1.1');
+    assert.match(dsn.recipients[0]!['diagnostic-code']!, /status 67 \(user unknown\)/);
+  });
+
+  test('exit status 75 (EX_TEMPFAIL) and the time limit defer, with the reason in queue show', async () => {
+    const later = await send('later@mx.test');
+    const slow = await send('slow@mx.test');
+    const a = await outcome(later);
+    assert.equal(a.status, 'deferred');
+    assert.equal(a.dsn, '4.3.0');
+    assert.match(String(a.reply), /status 75 \(temporary failure\)/);
+    const b = await outcome(slow);
+    assert.equal(b.status, 'deferred');
+    assert.match(String(b.reply), /time limit/);
+    const show = await p.cli(['queue', 'show', slow]);
+    assert.match(show.stdout, /^state: +deferred$/m);
+    assert.match(show.stdout, /time limit/);
+  });
+
+  test('a command in an :include: file is refused (5.7.1), never run', async () => {
+    const qid = await send('incl@mx.test');
+    const o = await outcome(qid);
+    assert.equal(o.status, 'bounced', String(o.reply));
+    assert.equal(existsSync(join(out, 'never')), false);
+    assert.equal(o.dsn, '5.7.1');
+    assert.match(String(o.reply), /:include:/);
+  });
+});
