@@ -121,34 +121,37 @@ function deepFreeze<T>(o: T): T {
 /** Best-effort line number of a key path in TOML text ("?" when it cannot be found, e.g. a default). */
 export function lineOf(text: string, path: readonly string[]): string {
   const lines = text.split('\n');
-  const [section, key] = path;
-  if (section === undefined) return '?';
-  let inSection = false;
-  let sectionLine = -1;
-  let anyHeader = false;
-  for (let i = 0; i < lines.length; i++) {
-    const l = lines[i]!.trim();
-    const header = /^\[\s*([^\]]+?)\s*\]/.exec(l);
-    if (header !== null) {
-      anyHeader = true;
-      const name = header[1]!.replace(/"/g, '');
-      // A sub-table of a section, e.g. [smtp.x], is where the key "x" of [smtp] is.
-      if (key !== undefined && name === `${section}.${key}`) return String(i + 1);
-      inSection = name === section;
-      if (inSection) {
-        sectionLine = i + 1;
-        if (key === undefined) return String(i + 1);
+  if (path.length === 0) return '?';
+  // Table headers with their names (quotes dropped): [delivery.destinations."example.org"] → delivery.destinations.example.org.
+  const headers: { line: number; name: string }[] = [];
+  lines.forEach((raw, i) => {
+    const h = /^\[\s*([^\]]+?)\s*\]/.exec(raw.trim());
+    if (h !== null) headers.push({ line: i, name: h[1]!.replace(/"/g, '').replace(/\s*\.\s*/g, '.') });
+  });
+  const full = path.join('.');
+  // The key's own table ([smtp.x] for the key "x" of [smtp]).
+  const own = headers.find((h) => h.name === full);
+  if (own !== undefined) return String(own.line + 1);
+  // The nearest enclosing table that has the key (or, for an inline table, the key holding it).
+  let fallback = -1;
+  for (let k = path.length - 1; k >= 1; k--) {
+    const prefix = path.slice(0, k).join('.');
+    for (const h of headers.filter((x) => x.name === prefix)) {
+      if (fallback < 0) fallback = h.line;
+      const end = headers.find((x) => x.line > h.line)?.line ?? lines.length;
+      for (let i = h.line + 1; i < end; i++) {
+        const key = topKey(lines[i]!.trim());
+        if (key === path[k] || key === path.slice(k).join('.')) return String(i + 1);
       }
-      continue;
     }
-    if (key !== undefined && inSection) {
-      if (topKey(l) === key) return String(i + 1);
-    }
-    if (key === undefined && topKey(l) === section) return String(i + 1);
-    // A dotted key before any table header: smtp.max_errors = 0.
-    if (key !== undefined && !anyHeader && topKey(l) === `${section}.${key}`) return String(i + 1);
   }
-  return sectionLine > 0 ? String(sectionLine) : '?';
+  // A key of the top level, or a dotted key before any table header (smtp.max_errors = 0).
+  const firstHeader = headers[0]?.line ?? lines.length;
+  for (let i = 0; i < firstHeader; i++) {
+    const key = topKey(lines[i]!.trim());
+    if (key !== null && (key === full || key === path[0])) return String(i + 1);
+  }
+  return fallback >= 0 ? String(fallback + 1) : '?';
 }
 
 // The key a "key = value" line assigns (bare or quoted), or null. No regex is built from config text.

@@ -51,6 +51,9 @@ const domainList = (doc: string) =>
     .default([])
     .describe(doc);
 
+// A destination key as qmgr groups jobs (docs/architecture.md), or ".domain" for every subdomain's.
+const DESTINATION = /^(local|lmtp:unix:\/.+|lmtp:[A-Za-z0-9.\[\]:-]+:\d{1,5}|\[[^\]\s]+\]:\d{1,5}|\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?)$/;
+
 const ROUTE = /^(smtp:(\[[^\]]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?|lmtp:(unix:\/.+|[A-Za-z0-9.\[\]:-]+:\d{1,5})|local)$/;
 
 const server = z
@@ -141,6 +144,17 @@ const delivery = z
     max_parallel: int(500, 1, 100_000, 'Deliveries in flight over all destinations'),
     connection_cache_time: duration('5s', 'An idle outbound connection is kept this long for the next message to the same destination'),
     connection_reuse_limit: int(100, 1, 1_000_000, 'Transactions per outbound connection before it is closed'),
+    destinations: z
+      .record(
+        z.string().regex(DESTINATION, { message: 'expected a destination as in the logs: "example.org", ".example.org" (its subdomains), "[host]:port", "lmtp:host:port", "lmtp:unix:/path" or "local"' }),
+        z.strictObject({
+          concurrency: z.number().int().min(1).max(10_000).optional().describe('Upper bound of the window'),
+          initial_concurrency: z.number().int().min(1).max(10_000).optional().describe('Starting window'),
+          max_recipients: z.number().int().min(1).max(100_000).optional().describe('Recipients per transaction'),
+        }),
+      )
+      .default({})
+      .describe('Per destination — the recipient domain, or the [transport] next hop as "[10.0.0.5]:25", "lmtp:unix:/path", "local"; ".example.org" = its subdomains: `{ concurrency, initial_concurrency, max_recipients }` overriding the values above'),
     reply_overrides: z
       .array(z.strictObject({
         pattern: z.string().refine((s) => { try { new RegExp(s, 'i'); return true; } catch { return false; } }, { message: 'expected a regular expression' }),

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Destinations, type QueuedJob } from './destinations.ts';
+import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
 
 /** A job whose run() resolves when the test says so. */
 function job(dest: string, log: string[]): QueuedJob & { finish(destFailed: boolean): void } {
@@ -72,4 +72,35 @@ test('the window grows by one per success up to the maximum', async () => {
   jobs[0]!.finish(false);
   await tick();
   assert.equal(log.length, 3, 'window 2: two run');
+});
+
+test('a destination with its own limits: window bounds from [delivery.destinations], others keep the defaults', async () => {
+  const log: string[] = [];
+  const perDestination = destinationTable({ 'slow.test': { concurrency: 1 }, '.big.test': { initial_concurrency: 3 } });
+  const d = new Destinations({ initial: 2, max: 4, global: 100, deadMs: 1000, perDestination }, () => 0);
+  const slow = Array.from({ length: 3 }, () => job('slow.test', log));
+  const other = Array.from({ length: 3 }, () => job('other.test', log));
+  const big = Array.from({ length: 4 }, () => job('mx.big.test', log));
+  for (const j of [...slow, ...other, ...big]) d.add(j);
+  const running = (dest: string) => log.filter((l) => l === `run ${dest}`).length;
+  assert.equal(running('slow.test'), 1, 'its own concurrency (1), not the default initial window (2)');
+  assert.equal(running('other.test'), 2, 'the default initial window');
+  assert.equal(running('mx.big.test'), 3, 'a subdomain takes the ".big.test" entry');
+  // Successes do not grow slow.test's window past its own maximum.
+  slow[0]!.finish(false);
+  await tick();
+  slow[1]!.finish(false);
+  await tick();
+  assert.equal(running('slow.test'), 3);
+  assert.equal(d.inFlight, 1 + 2 + 3, 'one slow.test job at a time');
+});
+
+test('destinationTable: exact keys first, then the nearest ".parent"; bracketed and LMTP keys only exactly', () => {
+  const t = destinationTable({ '.example.org': { concurrency: 1 }, '.mx.example.org': { concurrency: 2 }, '[10.0.0.1]:25': { max_recipients: 5 }, 'Example.NET': { concurrency: 3 } });
+  assert.equal(t('a.mx.example.org').concurrency, 2);
+  assert.equal(t('b.example.org').concurrency, 1);
+  assert.equal(t('example.org').concurrency, undefined, '".example.org" is its subdomains, as in [transport]');
+  assert.equal(t('example.net').concurrency, 3, 'case-insensitive');
+  assert.equal(t('[10.0.0.1]:25').max_recipients, 5);
+  assert.deepEqual(t('[10.0.0.2]:25'), {});
 });

@@ -20,9 +20,41 @@ export interface WindowLimits {
   readonly global: number;
   /** How long a destination stays dead after repeated failures. */
   readonly deadMs: number;
+  /** A destination's own window limits, where the operator set them ([delivery.destinations]). */
+  readonly perDestination?: (key: string) => DestinationLimits;
+}
+
+/** Limits set for one destination; absent = the defaults. */
+export interface DestinationLimits {
+  readonly concurrency?: number;
+  readonly initial_concurrency?: number;
+  readonly max_recipients?: number;
+}
+
+/**
+ * Looks a destination up in the [delivery.destinations] table: its exact key, else the nearest ".parent"
+ * entry for a domain ("mx1.example.org" → ".example.org"). Keys compare case-insensitively.
+ */
+export function destinationTable(table: Readonly<Record<string, DestinationLimits>>): (key: string) => DestinationLimits {
+  const t = new Map(Object.entries(table).map(([k, v]) => [k.toLowerCase(), v]));
+  const none: DestinationLimits = {};
+  if (t.size === 0) return () => none;
+  return (key: string) => {
+    const k = key.toLowerCase();
+    const exact = t.get(k);
+    if (exact !== undefined) return exact;
+    if (k.startsWith('[') || k.includes(':') || k === 'local') return none;
+    for (let i = k.indexOf('.'); i >= 0; i = k.indexOf('.', i + 1)) {
+      const sub = t.get(k.slice(i));
+      if (sub !== undefined) return sub;
+    }
+    return none;
+  };
 }
 
 interface Dest {
+  /** Upper bound of this destination's window. */
+  max: number;
   queue: QueuedJob[];
   active: number;
   window: number;
@@ -49,7 +81,10 @@ export class Destinations {
   private dest(key: string): Dest {
     let d = this.dests.get(key);
     if (d === undefined) {
-      d = { queue: [], active: 0, window: this.limits.initial, failures: 0, deadUntil: 0, deadReason: '', lastError: '' };
+      const own = this.limits.perDestination?.(key) ?? {};
+      const max = own.concurrency ?? this.limits.max;
+      const initial = Math.min(max, own.initial_concurrency ?? this.limits.initial);
+      d = { max, queue: [], active: 0, window: initial, failures: 0, deadUntil: 0, deadReason: '', lastError: '' };
       this.dests.set(key, d);
       this.rr.push(key);
     }
@@ -131,7 +166,7 @@ export class Destinations {
       d.failures = 0;
       d.lastError = '';
       d.deadUntil = 0;
-      if (d.window < this.limits.max) d.window++;
+      if (d.window < d.max) d.window++;
     }
     this.pump();
   }

@@ -15,7 +15,7 @@ import { RequestPool, submit } from '../ipc/index.ts';
 import { QueueStore, QUEUE_ID, type MessageState, type QueueEnvelope, type StateRecord } from '../queue/index.ts';
 import { buildDsn, type DsnRecipient } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
-import { Destinations, type QueuedJob } from './destinations.ts';
+import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
 import { classify } from './classify.ts';
 
 /** What qmgr needs from outside. */
@@ -93,7 +93,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   const delayWarning = parseDuration(cfg.queue.delay_warning)!;
   const scanMs = parseDuration(cfg.queue.scan_interval)!;
   const overrides = cfg.delivery.reply_overrides.map((o) => ({ re: new RegExp(o.pattern, 'i'), action: o.action }));
-  const dests = new Destinations({ initial: cfg.delivery.initial_concurrency, max: cfg.delivery.concurrency, global: cfg.delivery.max_parallel, deadMs: retryMin }, now);
+  const perDestination = destinationTable(cfg.delivery.destinations);
+  const dests = new Destinations({ initial: cfg.delivery.initial_concurrency, max: cfg.delivery.concurrency, global: cfg.delivery.max_parallel, deadMs: retryMin, perDestination }, now);
   const active = new Map<string, Msg>();
   /** Deferred messages not in memory: id → next retry (ms). */
   const deferred = new Map<string, number>();
@@ -213,8 +214,9 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       groups.set(d.key, g);
     }
     for (const { d, idx } of groups.values()) {
-      for (let k = 0; k < idx.length; k += cfg.delivery.max_recipients) {
-        const part = idx.slice(k, k + cfg.delivery.max_recipients);
+      const perJob = perDestination(d.key).max_recipients ?? cfg.delivery.max_recipients;
+      for (let k = 0; k < idx.length; k += perJob) {
+        const part = idx.slice(k, k + perJob);
         const job: DeliveryJob = {
           qid: m.id,
           file: store.path('active', m.id),

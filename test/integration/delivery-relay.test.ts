@@ -37,6 +37,7 @@ describe('relaying to the next hop', () => {
   let plain: SmtpPeer;
   let small: SmtpPeer;
   let mirror: SmtpPeer;
+  let limited: SmtpPeer;
   let closedPort: number;
   let p: Running;
   before(async () => {
@@ -48,16 +49,19 @@ describe('relaying to the next hop', () => {
     full = await startSmtpPeer();
     plain = await startSmtpPeer({ extensions: { dsn: false, pipelining: false, size: false } });
     small = await startSmtpPeer({ extensions: { smtputf8: false, eightbitmime: false, size: 2000 } });
+    // Slow to answer the final dot, so deliveries would overlap if the window let them.
+    limited = await startSmtpPeer({ dataReplyDelayMs: 200 });
     // Senders in mx.test (a local domain) get their DSNs in a Maildir.
     p = await startPalisade({
       toml: `[transport]\n"remote.test" = "smtp:[127.0.0.1]:${full.port}"\n"plain.test" = "smtp:[127.0.0.1]:${plain.port}"\n` +
         `"small.test" = "smtp:[127.0.0.1]:${small.port}"\n"loop.test" = "smtp:[127.0.0.1]:${mirror.port}"\n` +
-        `"closed.test" = "smtp:[127.0.0.1]:${closedPort}"\n${FAST}`,
+        `"closed.test" = "smtp:[127.0.0.1]:${closedPort}"\n"limited.test" = "smtp:[127.0.0.1]:${limited.port}"\n${FAST}` +
+        `[delivery.destinations]\n"[127.0.0.1]:${limited.port}" = { concurrency = 1, max_recipients = 1 }\n`,
     });
   });
   after(async () => {
     const code = await p?.stop();
-    await Promise.all([full?.close(), plain?.close(), small?.close(), mirror?.close()]);
+    await Promise.all([full?.close(), plain?.close(), small?.close(), mirror?.close(), limited?.close()]);
     if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
   });
 
@@ -128,6 +132,18 @@ describe('relaying to the next hop', () => {
     assert.deepEqual(msgs.flatMap((m) => m.rcpts.map((r) => r.address)).sort(), rcpts);
     await p.waitLog((l) => l.event === 'removed' && l.qid === qid);
     assert.equal(full.messages.length, before + 3);
+  });
+
+  test('a destination with its own limits gets one recipient per transaction and one connection at a time', async () => {
+    const rcpts = ['l1', 'l2', 'l3'].map((u) => `${u}@limited.test`);
+    const a = queueIdOf(await sendMessage(p.port, 'sender@client.test', rcpts.slice(0, 2), 'Subject: limited a\n\na\n'));
+    const b = queueIdOf(await sendMessage(p.port, 'sender@client.test', rcpts.slice(2), 'Subject: limited b\n\nb\n'));
+    const msgs = await limited.waitMessages(3);
+    assert.deepEqual(msgs.map((m) => m.rcpts.length), [1, 1, 1], 'max_recipients = 1 (the default here is 2)');
+    assert.deepEqual(msgs.flatMap((m) => m.rcpts.map((r) => r.address)).sort(), rcpts);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === a);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === b);
+    assert.equal(limited.connections.peak, 1, 'concurrency = 1 (the default window here starts at 5)');
   });
 
   test('consecutive messages to one destination reuse the cached connection', async () => {

@@ -72,7 +72,7 @@ export interface SmtpPeer {
   /** Every command line received, in order, as "n> LINE" where n is the connection number. */
   readonly commands: string[];
   /** Connections accepted so far, and how many are open now. */
-  readonly connections: { total: number; open: number };
+  readonly connections: { total: number; open: number; peak: number };
   /** Transactions begun (MAIL commands answered 250). */
   transactions(): number;
   /** Times a command line arrived together with further commands (the client pipelined, RFC 2920). */
@@ -125,7 +125,7 @@ export async function startSmtpPeer(
   };
   const messages: PeerMessage[] = [];
   const commands: string[] = [];
-  const connections = { total: 0, open: 0 };
+  const connections = { total: 0, open: 0, peak: 0 };
   const sockets = new Set<Socket>();
   let transactions = 0;
   let pipelined = 0;
@@ -137,6 +137,7 @@ export async function startSmtpPeer(
   function session(sock: Socket): void {
     const conn = ++connections.total;
     connections.open++;
+    connections.peak = Math.max(connections.peak, connections.open);
     sockets.add(sock);
     sock.on('error', () => {});
     sock.on('close', () => {
