@@ -16,6 +16,7 @@ import { QueueStore, QUEUE_ID, type MessageState, type QueueEnvelope, type State
 import { buildDsn, type DsnRecipient } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
 import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
+import { readRecords } from './records.ts';
 import { classify } from './classify.ts';
 
 /** What qmgr needs from outside. */
@@ -146,18 +147,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         await fsp.rename(store.path('active', id), store.path('corrupt', id)).catch(() => {});
         return false;
       }
-      const last = new Map<number, StateRecord>();
-      let warned = false;
-      // One retry time is written per deferred round (toDeferred), the same for all its recipients: count rounds,
-      // not records (each deferred recipient also has its outcome record, so counting records doubled the backoff).
-      const rounds = new Set<string>();
-      for (const r of q.records) {
-        if ((r as { warned?: boolean }).warned === true) warned = true;
-        else if (typeof r.rcpt === 'number') {
-          last.set(r.rcpt, r);
-          if (r.state === 'deferred' && r.next) rounds.add(r.next);
-        }
-      }
+      const { last, warned, attempts } = readRecords(q.records);
       const m: Msg = {
         id,
         state: 'active',
@@ -181,7 +171,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           };
         }),
         inFlight: 0,
-        attempts: rounds.size,
+        attempts,
         tried: false,
         warned,
         pendingAction: null,
@@ -382,7 +372,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     const iso = new Date(next).toISOString();
     const recs: StateRecord[] = [];
     for (const [i, r] of m.rcpts.entries()) {
-      if (r.status === 'deferred' && r.report) recs.push({ rcpt: i, state: 'deferred', dsn: r.dsn, reply: r.reply, at: new Date(r.at).toISOString(), next: iso });
+      if (r.status === 'deferred' && r.report) recs.push({ rcpt: i, state: 'deferred', dsn: r.dsn, reply: r.reply, at: new Date(r.at).toISOString(), next: iso, attempts: m.attempts });
       r.report = false;
     }
     // The next-retry time lives in the file, so it survives restarts.

@@ -35,6 +35,8 @@ export interface StateRecord {
   readonly at: string;
   /** RFC 3339 time of the next retry, for deferred. */
   readonly next?: string | null;
+  /** Rounds that tried a delivery so far (the backoff exponent), for deferred; older files lack it. */
+  readonly attempts?: number;
 }
 
 /** Formats the lengths line. */

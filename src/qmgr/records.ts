@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: MIT
+// What a queue file's state records say when qmgr loads it: each recipient's last record, whether a delay DSN
+// went out, and how many rounds tried a delivery (the backoff exponent).
+
+import type { StateRecord } from '../queue/index.ts';
+
+/** The state a message resumes with. */
+export interface LoadedRecords {
+  readonly last: Map<number, StateRecord>;
+  readonly warned: boolean;
+  readonly attempts: number;
+}
+
+/**
+ * Reads the records in order. Deferred records carry the rounds that tried a delivery so far (a round a dead
+ * destination deferred at once is none); in files from before that field, rounds are counted: one retry time
+ * per deferred round, shared by its recipients (counting records would double the backoff).
+ */
+export function readRecords(records: readonly StateRecord[]): LoadedRecords {
+  const last = new Map<number, StateRecord>();
+  let warned = false;
+  const rounds = new Set<string>();
+  let attempts = -1;
+  for (const r of records) {
+    if ((r as { warned?: boolean }).warned === true) warned = true;
+    else if (typeof r.rcpt === 'number') {
+      last.set(r.rcpt, r);
+      if (r.state === 'deferred' && r.next) rounds.add(r.next);
+      if (r.state === 'deferred' && typeof r.attempts === 'number') attempts = Math.max(attempts, r.attempts);
+    }
+  }
+  return { last, warned, attempts: attempts >= 0 ? attempts : rounds.size };
+}
