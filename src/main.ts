@@ -94,6 +94,8 @@ interface InitMessage {
   cleanupPath?: string;
   deliveryPath?: string;
   commandPath?: string;
+  /** qmgr: messages delivery agents are still delivering for the qmgr before it. */
+  busy?: string[];
 }
 
 // Master's messages that arrive before the role has loaded its code and installed its handler wait here, in
@@ -305,9 +307,10 @@ async function runQmgr(init: InitMessage): Promise<void> {
   const { QueueStore } = await import('./queue/index.ts');
   const log = createLogger('qmgr', cfg.log.level, { batched: true });
   const store = new QueueStore(cfg.queue.dir);
-  const qmgr = createQmgr({ log, store, deliveryPath: init.deliveryPath!, cleanupPath: init.cleanupPath! }, cfg);
-  onMasterMessage((m: { type: string; qids?: string[]; id?: number; cmd?: QmgrCommand; deadlineMs?: number }) => {
+  const qmgr = createQmgr({ log, store, deliveryPath: init.deliveryPath!, cleanupPath: init.cleanupPath!, busy: init.busy ?? [] }, cfg);
+  onMasterMessage((m: { type: string; qids?: string[]; qid?: string; id?: number; cmd?: QmgrCommand; deadlineMs?: number }) => {
     if (m.type === 'commit') for (const qid of m.qids ?? []) qmgr.notify(qid);
+    else if (m.type === 'released') qmgr.release(m.qid!);
     else if (m.type === 'control') {
       void qmgr.control(m.cmd!).then(
         (answer) => process.connected && process.send!({ type: 'control-answer', id: m.id, answer }),
@@ -327,7 +330,14 @@ async function runDelivery(init: InitMessage): Promise<void> {
   const log = createLogger('delivery', cfg.log.level, { batched: true });
   const servers = cfg.dns.servers.length > 0 ? cfg.dns.servers.map((s) => parseServer(s)!).filter(Boolean) : systemServers();
   const resolver = createResolver(servers, parseDuration(cfg.dns.timeout)!, cfg.dns.dnssec);
-  const worker = createDelivery({ log, resolver, cleanupPath: init.cleanupPath!, ...(init.commandPath ? { commandPath: init.commandPath } : {}) }, cfg);
+  const tell = (m: object) => {
+    if (process.connected) process.send!(m);
+  };
+  const worker = createDelivery({
+    log, resolver, cleanupPath: init.cleanupPath!, ...(init.commandPath ? { commandPath: init.commandPath } : {}),
+    orphaned: (qids) => tell({ type: 'orphaned', qids }),
+    orphanDone: (qid) => tell({ type: 'orphan-done', qid }),
+  }, cfg);
   onMasterMessage((m: { type: string; display?: string }, handle?: unknown) => {
     if (m.type === 'listen') {
       const server = createServer();

@@ -29,6 +29,12 @@ export interface DeliveryDeps {
   readonly cleanupPath: string;
   /** The command agent's socket; set only when [local] allow_commands is on. */
   readonly commandPath?: string;
+  /**
+   * A qmgr connection closed with jobs running (that qmgr died): `orphaned` names their messages, and
+   * `orphanDone` each one as it ends, so that the next qmgr waits for them instead of delivering them again.
+   */
+  readonly orphaned?: (qids: string[]) => void;
+  readonly orphanDone?: (qid: string) => void;
 }
 
 /** A running delivery worker. */
@@ -124,8 +130,16 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
   function handle(sock: Socket): void {
     const dec = new FrameDecoder();
     const st = { busy: 0 };
+    const qids: string[] = [];
+    let orphans = false;
     conns.set(sock, st);
-    sock.on('close', () => conns.delete(sock));
+    sock.on('close', () => {
+      conns.delete(sock);
+      if (st.busy > 0 && !draining) {
+        orphans = true;
+        deps.orphaned?.([...qids]);
+      }
+    });
     sock.on('error', () => {});
     sock.on('data', (c: Buffer) => {
       let frames;
@@ -140,6 +154,7 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
         const job = JSON.parse(f.payload.toString('utf8')) as DeliveryJob;
         running++;
         st.busy++;
+        qids.push(job.qid);
         void run(job)
           .catch((e: Error): JobResult => ({
             results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: `internal error: ${e.message}`, relay: '' })),
@@ -148,6 +163,8 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
           .then((res) => {
             st.busy--;
             markDelivered(job, res);
+            qids.splice(qids.indexOf(job.qid), 1);
+            if (orphans) deps.orphanDone?.(job.qid);
             // qmgr keeps the connection for its next job, unless this agent is stopping.
             if (!sock.destroyed) {
               if (draining && st.busy === 0) sock.end(encodeJson(res));

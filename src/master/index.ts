@@ -223,7 +223,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     entry: deps.entry,
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
     onSpawn: (child) => {
-      child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath });
+      child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath, busy: [...orphans.keys()] });
       child.on('message', (m: { type: string; id?: number; answer?: unknown }) => {
         if (m.type === 'ready') qmgrReady();
         else if (m.type === 'control-answer') {
@@ -246,6 +246,24 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     child.send({ type: 'control', id, cmd });
   });
 
+  // ---- deliveries the previous qmgr left running ----
+  // When qmgr dies, the delivery agents finish its jobs and mark what they delivered in the queue files.
+  // The next qmgr must not deliver those messages again meanwhile: it gets them as `busy` and loads each
+  // once its last such job has ended (or its agent is gone).
+  const orphans = new Map<string, number>();
+  const orphansOf = new Map<Supervised, string[]>();
+  const orphanEnded = (sup: Supervised, qid: string) => {
+    const mine = orphansOf.get(sup);
+    const i = mine?.indexOf(qid) ?? -1;
+    if (i < 0) return;
+    mine!.splice(i, 1);
+    const n = (orphans.get(qid) ?? 1) - 1;
+    if (n > 0) return void orphans.set(qid, n);
+    orphans.delete(qid);
+    const q = qmgr.child;
+    if (q !== null && q.connected) q.send({ type: 'released', qid }, (e: Error | null) => void e);
+  };
+
   // ---- delivery workers ----
   const deliveryCount = cfg.delivery.workers > 0 ? cfg.delivery.workers : Math.max(1, cpus().length);
   const deliveryWorkers: Supervised[] = [];
@@ -261,9 +279,21 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         const commands = commandHandle !== null && cfg.local.allow_commands ? { commandPath } : {};
         child.send({ type: 'init', role: 'delivery', config: cfg, cleanupPath, ...commands });
         child.send({ type: 'listen', display: 'delivery' }, deliveryHandle as Server);
-        child.on('message', (m: { type: string }) => {
+        child.on('message', (m: { type: string; qids?: string[]; qid?: string }) => {
           if (m.type === 'listening') onReady();
+          else if (m.type === 'orphaned') {
+            const mine = orphansOf.get(sup) ?? [];
+            orphansOf.set(sup, mine);
+            for (const qid of m.qids ?? []) {
+              mine.push(qid);
+              orphans.set(qid, (orphans.get(qid) ?? 0) + 1);
+            }
+          } else if (m.type === 'orphan-done') orphanEnded(sup, m.qid!);
         });
+      },
+      onExit: () => {
+        // A dead agent's jobs have ended one way or the other.
+        for (const qid of [...(orphansOf.get(sup) ?? [])]) orphanEnded(sup, qid);
       },
     }, log);
     sup.start();

@@ -28,6 +28,8 @@ export interface QmgrDeps {
   /** private/cleanup: where DSNs are injected. */
   readonly cleanupPath: string;
   readonly now?: () => number;
+  /** Messages a delivery agent is still delivering for the previous qmgr (it died): loaded once released. */
+  readonly busy?: readonly string[];
 }
 
 /** Control commands (from master's control socket). */
@@ -38,6 +40,8 @@ export interface Qmgr {
   start(): Promise<void>;
   /** cleanup committed `qid` to incoming/. */
   notify(qid: string): void;
+  /** The deliveries the previous qmgr left running for `qid` have ended: its records say what is left. */
+  release(qid: string): void;
   control(c: QmgrCommand): Promise<{ ok: boolean; error?: string; code?: number; [k: string]: unknown }>;
   /** Stops scheduling and waits for deliveries in flight (at most `ms`). */
   stop(ms: number): Promise<void>;
@@ -99,8 +103,9 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   const active = new Map<string, Msg>();
   /** Deferred messages not in memory: id → next retry (ms). */
   const deferred = new Map<string, number>();
-  /** Held messages with their arrival, for lifetime enforcement. */
   let stopping = false;
+  /** Messages still being delivered for the previous qmgr: not loaded until released. */
+  const busy = new Set(deps.busy ?? []);
   let scanTimer: NodeJS.Timeout | null = null;
   let scanning = false;
   let idle: (() => void) | null = null;
@@ -556,8 +561,9 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
 
   return {
     async start() {
-      // Messages left active by a crash go first: their records say what is still to do.
-      for (const id of await readIds('active')) await load(id, 'active');
+      // Messages left active by a crash go first: their records say what is still to do. One a delivery agent
+      // is still delivering (for the qmgr that died) waits for that delivery's mark in its file: release().
+      for (const id of await readIds('active')) if (!busy.has(id)) await load(id, 'active');
       for (const id of await readIds('deferred')) {
         try {
           const q = await store.read('deferred', id);
@@ -573,6 +579,11 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     },
     notify(qid: string) {
       if (QUEUE_ID.test(qid)) void load(qid, 'incoming').catch((e: Error) => log.error({ event: 'load-error', qid, err: e.message }));
+    },
+    release(qid: string) {
+      if (!busy.delete(qid) || stopping) return;
+      log.info({ event: 'resumed', qid, note: 'the delivery the previous qmgr left running has ended' });
+      void load(qid, 'active').catch((e: Error) => log.error({ event: 'load-error', qid, err: e.message }));
     },
     control,
     async stop(ms: number) {

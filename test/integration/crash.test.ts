@@ -221,4 +221,27 @@ describe('kill -9 of qmgr after a delivery it has not recorded', () => {
     assert.equal(peer.messages.length, 1, 'delivered exactly once');
     assert.equal(peer.transactions(), 1);
   });
+  test('a qmgr killed while a delivery is out: the next one waits for that delivery instead of making a second', async () => {
+    const before = peer.messages.length;
+    const c = await openSession(p.port);
+    let qid: string;
+    try {
+      await c.ok('MAIL FROM:<sender@client.test>');
+      await c.ok('RCPT TO:<inflight@remote.test>');
+      await c.ok('DATA', 354);
+      c.write('Subject: in flight\r\nMessage-ID: <inflight@client.test>\r\n\r\nbody\r\n.\r\n');
+      qid = queueIdOf(await c.expect(250));
+    } finally {
+      c.close();
+    }
+    // The peer has the message and answers in 1 s; the new qmgr is up well before that.
+    await peer.waitMessages(before + 1);
+    const qmgr = childProcesses(p.proc.pid!).find((x) => / child qmgr$/.test(x.args))!.pid;
+    process.kill(qmgr, 'SIGKILL');
+    const resumed = await p.waitLog((l) => l.event === 'resumed' && l.qid === qid, 15_000);
+    assert.notEqual(resumed.pid, qmgr, 'the new qmgr held the message until the old delivery had ended');
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid && l.pid !== qmgr, 15_000);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(peer.messages.length, before + 1, 'delivered exactly once');
+  });
 });
