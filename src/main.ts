@@ -96,6 +96,8 @@ interface InitMessage {
   commandPath?: string;
   /** qmgr: messages delivery agents are still delivering for the qmgr before it. */
   busy?: string[];
+  /** command agent: the user commands run as. */
+  commandUser?: { uid: number; gid: number };
 }
 
 // Master's messages that arrive before the role has loaded its code and installed its handler wait here, in
@@ -354,7 +356,9 @@ async function runCommandAgent(init: InitMessage): Promise<void> {
   const { createCommandAgent } = await import('./delivery/index.ts');
   const { parseDuration } = await import('./core/duration.ts');
   const log = createLogger('command', cfg.log.level, { batched: true });
-  const agent = createCommandAgent(log, parseDuration(cfg.local.command_timeout)!);
+  // Master passes the user commands run as; without one the agent refuses to start (never runs them as root).
+  if (init.commandUser === undefined || init.commandUser.uid === 0) throw new Error('command agent: no command user');
+  const agent = createCommandAgent(log, parseDuration(cfg.local.command_timeout)!, init.commandUser);
   // Commands run in their own process groups: they must not outlive the agent (master gone, a crash).
   process.on('exit', () => agent.killAll());
   onMasterMessage((m: { type: string }, handle?: unknown) => {

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
 // The command agent: runs the `|command` targets of the aliases file, only when [local] allow_commands is on.
-// It is its own process, running as [local] command_user (never the queue owner, never root), the only child
-// allowed to start processes. A local delivery agent sends it one request per command on private/command (the
+// It is its own process, the only child allowed to start processes. Like Postfix's local(8) it runs as root,
+// so that commands can run as another user than itself ([local] command_user: a command must not be able to
+// trace or signal the process that runs the other aliases' commands); the permission model lets it read its
+// code and nothing else. A local delivery agent sends it one request per command on private/command (the
 // header, then the message as data frames, then end) and gets one outcome back. The agent runs
-// `/bin/sh -c command` in its own process group with the message on stdin and a small, sanitised environment,
-// reads its output (a status line at its start is used), kills the group at [local] command_timeout, and maps
-// the exit status the sysexits(3) way (as Postfix's local(8) does).
-// Must not: read the queue or the mailboxes (it gets the message bytes from the delivery agent).
+// `/bin/sh -c command` as command_user in its own process group with the message on stdin and a small,
+// sanitised environment, reads its output (a status line at its start is used), kills the group at [local]
+// command_timeout, and maps the exit status the sysexits(3) way (as local(8) does).
+// Must not: read the queue or the mailboxes (it gets the message bytes from the delivery agent); run
+// anything as root.
 
 import { spawn } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -56,14 +59,15 @@ export function outputText(out: Buffer): string {
 
 /**
  * Maps how a command ended to a recipient outcome: exit 0 = delivered; a sysexits code by its table (75 =
- * try again); other codes bounce; a signal or the time limit = try again. Output that starts with an enhanced
+ * try again); other codes bounce; a signal = try again; the time limit bounces (5.3.0). Output that starts with an enhanced
  * status code ("4.2.2 mailbox full") takes precedence over a non-zero exit status, as with Postfix, and its
  * first line becomes the reply text. Other output is not repeated anywhere: a command may well echo the
  * message, and replies reach the log.
  */
 export function commandOutcome(exit: { code: number | null; signal: string | null; timedOut: boolean; error?: string }, output: Buffer): CommandOutcome {
   if (exit.error !== undefined) return { status: 'deferred', dsn: '4.3.0', reply: `command could not be started: ${exit.error}` };
-  if (exit.timedOut) return { status: 'deferred', dsn: '4.3.0', reply: 'command time limit exceeded' };
+  // As Postfix: a command that hangs would hang again on every retry.
+  if (exit.timedOut) return { status: 'bounced', dsn: '5.3.0', reply: 'command time limit exceeded' };
   if (exit.code === 0) return { status: 'sent', dsn: '2.0.0', reply: 'delivered to command' };
   if (exit.code === null) return { status: 'deferred', dsn: '4.3.0', reply: `command died with signal ${exit.signal ?? '?'}` };
   const line = outputText(output.subarray(0, Math.max(0, output.indexOf(10) === -1 ? output.length : output.indexOf(10))));
@@ -96,16 +100,33 @@ export interface RunningCommand {
   kill(): void;
 }
 
-/** Starts `/bin/sh -c command` in its own process group; the time limit runs from the start. */
-export function startCommand(command: string, vars: Readonly<Record<string, string>>, timeoutMs: number): RunningCommand {
+/** Who a command runs as (the agent runs as root to switch to it); absent only in unit tests. */
+export interface CommandUser {
+  readonly uid: number;
+  readonly gid: number;
+}
+
+// Node adds its own NODE_OPTIONS (the agent's permission flags) to a child's environment whatever `env` says:
+// a first shell drops it, then runs the command with the environment we chose.
+const SHELL_ARGS = ['-c', 'unset NODE_OPTIONS; exec /bin/sh -c "$1"', 'sh'];
+
+/** Starts `/bin/sh -c command` as `user` in its own process group; the time limit runs from the start. */
+export function startCommand(command: string, vars: Readonly<Record<string, string>>, timeoutMs: number, user?: CommandUser): RunningCommand {
   const output: Buffer[] = [];
   let kept = 0;
   let timedOut = false;
   let stdinClosed = false;
-  const child = spawn('/bin/sh', ['-c', command], { cwd: '/', env: commandEnv(vars), stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  let exited = false;
+  // Supplementary groups are cleared when uid/gid are set (libuv), so only the user's own group applies.
+  const child = spawn('/bin/sh', [...SHELL_ARGS, command], {
+    cwd: '/', env: commandEnv(vars), stdio: ['pipe', 'pipe', 'pipe'], detached: true, ...(user ? { uid: user.uid, gid: user.gid } : {}),
+  });
+  // Only while the shell runs: after its exit the group id may pass to other processes of the same user, and
+  // what the command left in the background is its own business.
   const killGroup = () => {
+    if (exited || child.pid === undefined) return;
     try {
-      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+      process.kill(-child.pid, 'SIGKILL');
     } catch {
       // Already gone.
     }
@@ -144,6 +165,7 @@ export function startCommand(command: string, vars: Readonly<Record<string, stri
     // mailing list manager may hand its work to a background process); only the time limit kills the group.
     child.on('close', (code, signal) => settle(code, signal));
     child.on('exit', (code, signal) => {
+      exited = true;
       setTimeout(() => {
         child.stdout.destroy();
         child.stderr.destroy();
@@ -187,8 +209,8 @@ export interface CommandAgent {
   killAll(): void;
 }
 
-/** Creates the command agent. */
-export function createCommandAgent(log: Logger, timeoutMs: number): CommandAgent {
+/** Creates the command agent; every command runs as `user`. */
+export function createCommandAgent(log: Logger, timeoutMs: number, user: CommandUser): CommandAgent {
   let running = 0;
   let idle: (() => void) | null = null;
   const servers: Server[] = [];
@@ -218,7 +240,7 @@ export function createCommandAgent(log: Logger, timeoutMs: number): CommandAgent
         if (r === null || r.type !== 'command' || typeof r.command !== 'string' || r.command === '') return answer({ status: 'deferred', dsn: '4.3.0', reply: 'command agent: bad request' });
         req = r;
         running++;
-        const c = startCommand(r.command, r.env ?? {}, timeoutMs);
+        const c = startCommand(r.command, r.env ?? {}, timeoutMs, user);
         cmd = c;
         live.add(c);
         void c.ended.then(() => {

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
 // Unit tests for alias expansion: :include: files that include themselves or each other, and depth.
 
-import { test } from 'node:test';
+import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deliverLocal, expand, MAX_ALIAS_DEPTH, type LocalDeps } from './local.ts';
+import { startCommand } from './command.ts';
 import type { DeliveryJob } from '../core/delivery.ts';
 import { createTable, parseAliases } from '../lookup/index.ts';
 
@@ -90,4 +91,46 @@ test('"|command" targets: refused while commands are off, taken from the aliases
     { kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed' },
     { kind: 'mailbox', user: 'bob', address: 'bob@mx.test' },
   ]);
+});
+
+describe('commands in deliverLocal (real /bin/sh through startCommand)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'palisade-local-cmd-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const queueFile = join(dir, 'msg');
+  writeFileSync(queueFile, 'Subject: hi\r\n\r\nbody\r\n');
+  const msg = { file: queueFile, offset: 0, length: 21, eightBit: false };
+  const runCommand: LocalDeps['runCommand'] = async (command, env, message) => {
+    const c = startCommand(command, env, 5000);
+    for await (const chunk of message) await c.write(chunk);
+    return c.finish();
+  };
+  const job = (rcpts: string[]): DeliveryJob => ({
+    qid: 'Q1', file: queueFile, route: { kind: 'local' }, nexthop: 'local', sender: 's@client.test', smtputf8: false, eightBit: false,
+    recipients: rcpts.map((address, index) => ({ index, address })),
+  });
+  const withAliases = (aliases: string): LocalDeps => ({ ...deps(aliases, {}, []), mailboxDir: join(dir, 'mail'), runCommand });
+
+  test('one command behind two aliases runs once per alias, each with its own environment', async () => {
+    const d = withAliases(`a1: "|cat > ${dir}/out-$LOCAL"\na2: "|cat > ${dir}/out-$LOCAL"\n`);
+    const res = await deliverLocal(job(['a1@mx.test', 'a2@mx.test', 'a1@mx.test']), msg, d);
+    assert.deepEqual(res.results.map((r) => r.status), ['sent', 'sent', 'sent']);
+    assert.match(readFileSync(join(dir, 'out-a1'), 'utf8'), /^From s@client\.test  \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\nReturn-Path: <s@client\.test>\nX-Original-To: a1@mx\.test\nDelivered-To: a1@mx\.test\nSubject: hi\n\nbody\n$/);
+    assert.match(readFileSync(join(dir, 'out-a2'), 'utf8'), /X-Original-To: a2@mx\.test\nDelivered-To: a2@mx\.test\n/);
+  });
+
+  test('a command failing for good next to a mailbox: the mailbox has the message, the recipient is reported bounced', async () => {
+    const d = withAliases('b: "|exit 67", carol\n');
+    const [r] = (await deliverLocal(job(['b@mx.test']), msg, d)).results;
+    assert.equal(r!.status, 'bounced');
+    assert.equal(r!.dsn, '5.1.1');
+    assert.match(r!.reply, /status 67 \(user unknown\); delivered to the other targets: maildir \(carol\)/);
+    assert.equal(readdirSync(join(dir, 'mail', 'carol', 'new')).length, 1);
+  });
+
+  test('a command saying "try again" defers the recipient before its mailboxes get anything', async () => {
+    const d = withAliases('c: "|exit 75", dave\n');
+    const [r] = (await deliverLocal(job(['c@mx.test']), msg, d)).results;
+    assert.equal(r!.status, 'deferred');
+    assert.equal(existsSync(join(dir, 'mail', 'dave')), false);
+  });
 });

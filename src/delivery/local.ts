@@ -58,7 +58,7 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
     if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion of ${address} deeper than ${MAX_ALIAS_DEPTH}` }];
     const next = new Set(seen).add(local);
     const out: Target[] = [];
-    for (const t of alias.targets) out.push(...(await expandTarget(t, `${local}@${domain}`, deps, depth + 1, next, false)));
+    for (const t of alias.targets) out.push(...(await expandTarget(t, `${local}@${domain}`, deps, depth + 1, next, null)));
     return out;
   }
   // A name that expands to itself (e.g. "root: root, backup@x") is delivered to the mailbox (aliases(5)).
@@ -69,13 +69,13 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
   return [{ kind: 'mailbox', user: local, address }];
 }
 
-// `owner` = the alias whose target this is (name@domain); `included` = read from a :include: file.
-async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: number, seen: Set<string>, included: boolean): Promise<Target[]> {
+// `owner` = the alias whose target this is (name@domain); `source` = the :include: file it was read from.
+async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: number, seen: Set<string>, source: string | null): Promise<Target[]> {
   const domain = owner.slice(owner.lastIndexOf('@') + 1);
   if (t.startsWith('|')) {
     if (deps.runCommand === undefined) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled' }];
     // As Postfix's default: an include file may belong to someone other than the one who wrote the aliases.
-    if (included) return [{ kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed' }];
+    if (source !== null) return [{ kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed' }];
     const command = t.slice(1).trim();
     if (command === '') return [{ kind: 'refused', dsn: '5.3.5', reason: `empty command in alias ${owner}` }];
     return [{ kind: 'command', command, address: owner }];
@@ -98,13 +98,14 @@ async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: nu
     }
     const out: Target[] = [];
     for (const line of text.split('\n')) {
-      for (const x of splitTargets(line.replace(/#.*/, ''))) out.push(...(await expandTarget(x, owner, deps, depth, seen, true)));
+      for (const x of splitTargets(line.replace(/#.*/, ''))) out.push(...(await expandTarget(x, owner, deps, depth, seen, path)));
     }
     return out;
   }
   const addr = t.replace(/^<(.*)>$/, '$1');
   const m = parseMailbox(addr.includes('@') ? addr : `${addr}@${domain}`, true);
-  if (typeof m === 'string') return [{ kind: 'refused', dsn: '5.1.3', reason: `bad alias target "${t}"` }];
+  // An include file's text is not repeated (replies reach the log and DSNs; the file may hold anything).
+  if (typeof m === 'string') return [{ kind: 'refused', dsn: '5.1.3', reason: source === null ? `bad alias target "${t}"` : `bad address in ${source}` }];
   return expand(mailboxToString(m), deps, depth, seen);
 }
 
@@ -149,7 +150,8 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
   // lead there (aliases(5) duplicate elimination; Postfix local(8) does the same).
   const delivered = new Set<string>();
   const forwarded = new Set<string>();
-  // Commands run once per message too; a failed one is remembered for the other recipients that lead to it.
+  // A command runs once per message and alias (its environment is the alias's), however many recipients
+  // lead there.
   const commandRuns = new Map<string, CommandOutcome>();
   for (const r of job.recipients) {
     if (deliveredTo.has(r.address.toLowerCase())) {
@@ -176,10 +178,11 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
     let deferredBy: CommandOutcome | null = null;
     for (const t of targets) {
       if (t.kind !== 'command') continue;
-      let o = commandRuns.get(t.command);
+      const key = `${t.address}\n${t.command}`;
+      let o = commandRuns.get(key);
       if (o === undefined) {
         o = await runCommand(deps, t, r.address, job, msg);
-        commandRuns.set(t.command, o);
+        commandRuns.set(key, o);
       }
       if (o.status === 'deferred') {
         deferredBy = o;
@@ -220,8 +223,11 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
       }
       if (commands > 0) note += `; ${commands} command(s)`;
       if (dup > 0) note += `; ${dup} duplicate(s) already delivered in this message`;
-      const partial = failed.length > 0 ? `; ${failed.length} alias target(s) failed: ${failed.map((x) => x.reason).join(', ')}` : '';
-      results.push({ index: r.index, status: 'sent', dsn: '2.0.0', reply: `delivered to ${done.size > 0 ? `maildir (${[...done].join(', ')})` : 'aliases'}${note}${partial}`, relay: 'local' });
+      const to = `${done.size > 0 ? `maildir (${[...done].join(', ')})` : 'aliases'}${note}`;
+      // A target that failed for good is reported to the sender (a bounce naming it), even though the alias's
+      // other targets have the message: as with Postfix, where each failed member bounces.
+      if (failed.length > 0) results.push({ index: r.index, status: 'bounced', dsn: failed[0]!.dsn, reply: `${failed.map((x) => x.reason).join('; ')}; delivered to the other targets: ${to}`, relay: 'local' });
+      else results.push({ index: r.index, status: 'sent', dsn: '2.0.0', reply: `delivered to ${to}`, relay: 'local' });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
       results.push({ index: r.index, status: 'deferred', dsn: code === 'ENOSPC' ? '4.3.1' : '4.3.0', reply: `mailbox write failed: ${code}`, relay: 'local' });
@@ -238,7 +244,7 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
 async function runCommand(deps: LocalDeps, t: Extract<Target, { kind: 'command' }>, original: string, job: DeliveryJob, msg: OutboundMessage): Promise<CommandOutcome> {
   const { local, domain } = localPart(t.address);
   const sender = job.sender === '' ? 'MAILER-DAEMON' : job.sender;
-  const prefix = `From ${sender} ${asctime(new Date())}\nReturn-Path: <${job.sender}>\nX-Original-To: ${original}\nDelivered-To: ${t.address}\n`;
+  const prefix = `From ${sender}  ${asctime(new Date())}\nReturn-Path: <${job.sender}>\nX-Original-To: ${original}\nDelivered-To: ${t.address}\n`;
   const env = { SENDER: job.sender, RECIPIENT: t.address, ORIGINAL_RECIPIENT: original, LOCAL: local, DOMAIN: domain, USER: local, LOGNAME: local, QUEUE_ID: job.qid };
   async function* message(): AsyncGenerator<Buffer> {
     yield Buffer.from(prefix, 'utf8');
@@ -250,8 +256,10 @@ async function runCommand(deps: LocalDeps, t: Extract<Target, { kind: 'command' 
   return deps.runCommand!(t.command, env, message());
 }
 
-// The date of a From_ line: "Sat Nov 28 07:46:09 2026" (asctime form, UTC).
+// The date of a From_ line in local time, asctime(3) form: "Sat Nov 28 07:46:09 2026".
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 export function asctime(d: Date): string {
-  const [wd, day, mon, year, time] = d.toUTCString().replace(',', '').split(' ') as [string, string, string, string, string];
-  return `${wd} ${mon} ${String(Number(day)).padStart(2, ' ')} ${time} ${year}`;
+  const two = (n: number) => String(n).padStart(2, '0');
+  return `${DAYS[d.getDay()]} ${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2, ' ')} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())} ${d.getFullYear()}`;
 }

@@ -4,7 +4,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { parseAliases, splitTargets } from './aliases.ts';
+import { includePaths, parseAliases, splitTargets } from './aliases.ts';
 
 describe('parseAliases', () => {
   test('parses names and comma-separated targets with their line numbers', () => {
@@ -134,4 +134,22 @@ test('splitTargets: any text gives trimmed, non-empty targets; a list of plain t
   fc.assert(fc.property(fc.string(), (s) => splitTargets(s).every((t) => t !== '' && t === t.trim())));
   const plain = fc.stringMatching(/^[a-z0-9._+@-]{1,12}$/);
   fc.assert(fc.property(fc.array(plain, { minLength: 1, maxLength: 6 }), (ts) => assert.deepEqual(splitTargets(ts.join(' ,  ')), ts)));
+});
+
+test('includePaths: regular files the aliases name; nested includes only through files only root can change', () => {
+  const files: Record<string, { text: string; uid: number; mode: number; isFile?: boolean }> = {
+    '/etc/lists/root-list': { text: 'a, :include:/etc/lists/nested\n', uid: 0, mode: 0o100644 },
+    '/etc/lists/nested': { text: 'b\n', uid: 0, mode: 0o100644 },
+    '/home/u/list': { text: 'c, :include:/etc/shadow\n:include:/\n', uid: 1000, mode: 0o100644 },
+    '/etc/lists/writable': { text: ':include:/etc/secret\n', uid: 0, mode: 0o100666 },
+    '/etc/shadow': { text: 'x', uid: 0, mode: 0o100640 },
+    '/': { text: '', uid: 0, mode: 0o40755, isFile: false },
+  };
+  const { entries } = parseAliases('l1: :include:/etc/lists/root-list\nl2: :include:/home/u/list\nl3: :include:/etc/lists/writable\nl4: :include:/\nl5: :include:/nonexistent\n');
+  const got = includePaths(
+    entries,
+    (p) => files[p]!.text,
+    (p) => (p in files ? { isFile: files[p]!.isFile ?? true, uid: files[p]!.uid, mode: files[p]!.mode } : null),
+  );
+  assert.deepEqual(got.sort(), ['/etc/lists/nested', '/etc/lists/root-list', '/etc/lists/writable', '/home/u/list']);
 });

@@ -2,7 +2,7 @@
 // Alias files in the classic aliases(5) format: "name: target, target", continuation lines start with
 // whitespace, "#" comments. Parsing only; expansion belongs to local delivery.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 
 /** One alias and its targets as written. */
 export interface AliasEntry {
@@ -71,8 +71,8 @@ export function splitTargets(text: string): string[] {
   out.push(cur);
   return out
     .map((t) => t.trim())
-    .filter((t) => t !== '')
-    .map((t) => (/^"\|.*"$/s.test(t) ? t.slice(1, -1).replace(/\\(.)/g, '$1') : t));
+    .map((t) => (/^"\|.*"$/s.test(t) ? t.slice(1, -1).replace(/\\(.)/g, '$1').trim() : t))
+    .filter((t) => t !== '');
 }
 
 /** Reads an alias file ("file:PATH" or a path). Throws when unreadable. */
@@ -80,19 +80,33 @@ export function readAliases(spec: string): { entries: AliasEntry[]; problems: Al
   return parseAliases(readFileSync(spec.replace(/^file:/, ''), 'utf8'));
 }
 
+/** What includePaths needs to know of a file. */
+export interface IncludeFileInfo {
+  readonly isFile: boolean;
+  readonly uid: number;
+  readonly mode: number;
+}
+
 /**
- * The :include: files an alias file names, directly or through other include files (absolute paths, each
- * once; an unreadable file ends its branch). Master grants the delivery agents read access to exactly these.
+ * The :include: files the delivery agents may read: regular files the alias file names, and those named in turn
+ * by include files only root can change (owned by root, not group- or world-writable) — anyone else's include
+ * file could otherwise point the grant at any file master can read. Absolute paths, each once.
  */
-export function includePaths(entries: readonly AliasEntry[], read: (path: string) => string = (f) => readFileSync(f, 'utf8')): string[] {
+export function includePaths(
+  entries: readonly AliasEntry[],
+  read: (path: string) => string = (f) => readFileSync(f, 'utf8'),
+  info: (path: string) => IncludeFileInfo | null = statInfo,
+): string[] {
   const found = new Set<string>();
   const visit = (targets: readonly string[], depth: number) => {
     for (const t of targets) {
       if (!t.toLowerCase().startsWith(':include:')) continue;
       const path = t.slice(9).trim();
       if (!path.startsWith('/') || found.has(path)) continue;
+      const st = info(path);
+      if (st === null || !st.isFile) continue;
       found.add(path);
-      if (depth >= 10) continue;
+      if (depth >= 10 || st.uid !== 0 || (st.mode & 0o022) !== 0) continue;
       let text: string;
       try {
         text = read(path);
@@ -104,4 +118,13 @@ export function includePaths(entries: readonly AliasEntry[], read: (path: string
   };
   for (const e of entries) visit(e.targets, 0);
   return [...found];
+}
+
+function statInfo(path: string): IncludeFileInfo | null {
+  try {
+    const st = statSync(path);
+    return { isFile: st.isFile(), uid: st.uid, mode: st.mode };
+  } catch {
+    return null;
+  }
 }

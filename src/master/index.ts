@@ -3,7 +3,7 @@
 // hands each worker the listening handles, runs the anvil, serves the control socket, restarts children,
 // reloads on SIGHUP and drains on SIGTERM. It never accepts a connection and holds no mail.
 
-import { mkdirSync, rmSync, writeFileSync, readFileSync, chmodSync, chownSync, statSync, statfs } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync, readFileSync, readdirSync, closeSync, chmodSync, chownSync, statSync, statfs } from 'node:fs';
 import { createServer as createNetServer, type Server } from 'node:net';
 import * as net from 'node:net';
 import { cpus } from 'node:os';
@@ -64,9 +64,32 @@ interface Worker {
   revoking: boolean;
 }
 
+// Descriptors inherited from whoever started master and not marked close-on-exec would reach every child and
+// every command (a shell's, a terminal's): they are closed at start. Node's own are all close-on-exec.
+function closeInheritedFds(): void {
+  const channel = Number(process.env.NODE_CHANNEL_FD ?? -1);
+  let names: string[];
+  try {
+    names = readdirSync('/proc/self/fd');
+  } catch {
+    return; // no /proc: nothing to go by
+  }
+  for (const n of names) {
+    const fd = Number(n);
+    if (!Number.isInteger(fd) || fd <= 2 || fd === channel) continue;
+    try {
+      const flags = /^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+      if (flags !== null && (parseInt(flags[1]!, 8) & 0o2000000) === 0) closeSync(fd);
+    } catch {
+      // Gone meanwhile (the directory's own descriptor).
+    }
+  }
+}
+
 /** Starts Palisade; resolves with the exit code once it has stopped. */
 export async function runMaster(deps: MasterDeps, initial: Config): Promise<number> {
   const log = deps.log;
+  closeInheritedFds();
   let cfg = initial;
   const store = new QueueStore(cfg.queue.dir);
   assertSafeDirs([cfg.server.data_dir, cfg.queue.dir]);
@@ -120,14 +143,15 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   let commandHandle: object | null = null;
   let commandIds: { uid: number; gid: number } | null = null;
   if (commandsOn) {
-    if (ids !== null) {
-      try {
-        const made: string[] = [];
-        commandIds = ensureCommandUser(cfg.local.command_user, ids, made);
-        if (made.length > 0) log.info({ event: 'users-created', created: made });
-      } catch (e) {
-        throw new StartError(`local.command_user: ${(e as Error).message}`, EXIT.config);
-      }
+    // Commands run as command_user, switched to by the (root) command agent: without the privilege drop they
+    // would run as root or as the queue's owner.
+    if (ids === null) throw new StartError('local.allow_commands needs the privilege drop: start as root with server.user set', EXIT.config);
+    try {
+      const made: string[] = [];
+      commandIds = ensureCommandUser(cfg.local.command_user, ids, made);
+      if (made.length > 0) log.info({ event: 'users-created', created: made });
+    } catch (e) {
+      throw new StartError(`local.command_user: ${(e as Error).message}`, EXIT.config);
     }
     const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(commandPath, -1, -1);
     if (typeof h === 'number') throw new StartError(`cannot bind ${commandPath}: ${errnoName(h)}`, EXIT.software);
@@ -306,9 +330,9 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     grants: grants.command,
     index: 0,
     entry: deps.entry,
-    ...(commandIds ? { uid: commandIds.uid, gid: commandIds.gid } : {}),
+    // Stays root (as Postfix's local(8)) to run each command as command_user; see src/delivery/command.ts.
     onSpawn: (child) => {
-      child.send({ type: 'init', role: 'command', config: cfg });
+      child.send({ type: 'init', role: 'command', config: cfg, commandUser: commandIds });
       child.send({ type: 'listen' }, commandHandle as Server);
       child.on('message', (m: { type: string }) => {
         if (m.type === 'listening') commandReady();
@@ -511,6 +535,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         log.warn({ event: 'reload-partial', note: 'listen addresses and queue.dir change only on restart' });
       }
       if (next.local.allow_commands && commandHandle === null) log.warn({ event: 'reload-partial', note: 'local.allow_commands = true takes effect on restart' });
+      if (commandHandle !== null && next.local.command_user !== cfg.local.command_user) log.warn({ event: 'reload-partial', note: 'local.command_user changes only on restart' });
       cfg = { ...next, smtp: { ...next.smtp, listen: cfg.smtp.listen }, queue: { ...next.queue, dir: cfg.queue.dir } };
       anvil.setLimits(anvilLimits(cfg));
       // New workers take new connections; the old ones finish their sessions, then exit.

@@ -49,7 +49,8 @@ function ensureUser(name: string, group: string, created: string[]): { uid: numb
 
 /**
  * Resolves (creating when missing, with a group of its own) the user commands run as. Refused: root, either
- * service user, and any user whose group is the service group (private/cleanup is open to that group).
+ * service user, and any user whose group is the service group (private/cleanup is open to that group) or
+ * root's group.
  */
 export function ensureCommandUser(name: string, ids: Identities, created: string[]): { uid: number; gid: number } {
   let u = lookup('/etc/passwd', name);
@@ -64,6 +65,7 @@ export function ensureCommandUser(name: string, ids: Identities, created: string
   if (uid === 0) throw new Error(`${name} is root`);
   if (uid === ids.user.uid || uid === ids.smtpd.uid) throw new Error(`${name} is a service user`);
   if (gid === ids.group) throw new Error(`${name}'s group is "${SERVICE_GROUP}"`);
+  if (gid === 0) throw new Error(`${name}'s group is root's`);
   return { uid, gid };
 }
 

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startPalisade, type Running } from '../support/palisade.ts';
+import { configText, runStart, startPalisade, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf } from '../support/smtp-client.ts';
 import { parseDsn, waitMaildir } from '../support/mailbox.ts';
 
@@ -26,7 +26,7 @@ describe('delivery to commands', () => {
     const spool = join(dir, 'var/spool');
     writeFileSync(join(dir, 'incl'), `"|touch ${out}/never"\n`, { mode: 0o644 });
     writeFileSync(join(dir, 'aliases'), [
-      `pipe: "|cat > ${out}/msg-$QUEUE_ID; id -un > ${out}/user-$QUEUE_ID; ls ${spool}/active > ${out}/queue-$QUEUE_ID 2>&1; echo \\"exit $?\\" >> ${out}/queue-$QUEUE_ID; if [ -w ${spool}/private/cleanup ]; then echo reachable; else echo unreachable; fi > ${out}/cleanup-$QUEUE_ID"`,
+      `pipe: "|cat > ${out}/msg-$QUEUE_ID; env > ${out}/env-$QUEUE_ID; kill -0 $PPID 2>/dev/null; echo $? > ${out}/signal-$QUEUE_ID; id -un > ${out}/user-$QUEUE_ID; ls ${spool}/active > ${out}/queue-$QUEUE_ID 2>&1; echo \\"exit $?\\" >> ${out}/queue-$QUEUE_ID; if [ -w ${spool}/private/cleanup ]; then echo reachable; else echo unreachable; fi > ${out}/cleanup-$QUEUE_ID"`,
       'nouser: "|cat > /dev/null; exit 67"',
       'later: "|exit 75"',
       'slow: "|sleep 60"',
@@ -69,10 +69,17 @@ describe('delivery to commands', () => {
     const o = await outcome(qid);
     assert.equal(o.status, 'sent', String(o.reply));
     const msg = readFileSync(join(out, `msg-${qid}`), 'utf8');
-    assert.match(msg, /^From alice@mx\.test [A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d \d{4}\nReturn-Path: <alice@mx\.test>\nX-Original-To: pipe@mx\.test\nDelivered-To: pipe@mx\.test\nReceived: /);
+    assert.match(msg, /^From alice@mx\.test  [A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d \d{4}\nReturn-Path: <alice@mx\.test>\nX-Original-To: pipe@mx\.test\nDelivered-To: pipe@mx\.test\nReceived: /);
     assert.ok(msg.endsWith('Subject: to a command\nMessage-ID: <cmd@client.test>\n\nline one\n.dotted\n'), 'the message follows, dot-unstuffed, with LF line ends');
     assert.ok(!msg.includes('\r'));
     assert.equal(readFileSync(join(out, `user-${qid}`), 'utf8').trim(), 'nobody', 'runs as command_user (default nobody)');
+    // Its parent is the command agent, which runs the other aliases' commands: not another process of its own.
+    assert.equal(readFileSync(join(out, `signal-${qid}`), 'utf8').trim(), '1', 'cannot signal (or trace) the command agent');
+    const env = readFileSync(join(out, `env-${qid}`), 'utf8');
+    assert.match(env, /^PATH=\/usr\/local\/bin:\/usr\/bin:\/bin$/m);
+    assert.match(env, /^RECIPIENT=pipe@mx\.test$/m);
+    assert.match(env, new RegExp(`^QUEUE_ID=${qid}$`, 'm'));
+    assert.doesNotMatch(env, /NODE_OPTIONS|--permission|--allow/, 'none of the agent\'s Node flags');
     const queue = readFileSync(join(out, `queue-${qid}`), 'utf8');
     assert.match(queue, /Permission denied/, queue);
     assert.doesNotMatch(queue, /exit 0/);
@@ -92,19 +99,20 @@ describe('delivery to commands', () => {
     assert.match(dsn.recipients[0]!['diagnostic-code']!, /status 67 \(user unknown\)/);
   });
 
-  test('exit status 75 (EX_TEMPFAIL) and the time limit defer, with the reason in queue show', async () => {
+  test('exit status 75 (EX_TEMPFAIL) defers, with the reason in queue show; the time limit bounces 5.3.0', async () => {
     const later = await send('later@mx.test');
     const slow = await send('slow@mx.test');
     const a = await outcome(later);
     assert.equal(a.status, 'deferred');
     assert.equal(a.dsn, '4.3.0');
     assert.match(String(a.reply), /status 75 \(temporary failure\)/);
-    const b = await outcome(slow);
-    assert.equal(b.status, 'deferred');
-    assert.match(String(b.reply), /time limit/);
-    const show = await p.cli(['queue', 'show', slow]);
+    const show = await p.cli(['queue', 'show', later]);
     assert.match(show.stdout, /^state: +deferred$/m);
-    assert.match(show.stdout, /time limit/);
+    assert.match(show.stdout, /temporary failure/);
+    const b = await outcome(slow);
+    assert.equal(b.status, 'bounced', 'a command that hangs would hang again at every retry');
+    assert.equal(b.dsn, '5.3.0');
+    assert.match(String(b.reply), /time limit/);
   });
 
   test('a command in an :include: file is refused (5.7.1), never run', async () => {
@@ -114,5 +122,19 @@ describe('delivery to commands', () => {
     assert.equal(existsSync(join(out, 'never')), false);
     assert.equal(o.dsn, '5.7.1');
     assert.match(String(o.reply), /:include:/);
+  });
+
+  test('without the privilege drop commands are refused at start (exit 78): they would run as root', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'palisade-cmd-nodrop-'));
+    try {
+      const config = join(d, 'palisade.toml');
+      writeFileSync(config, configText(d) + '[local]\nallow_commands = true\n');
+      const r = await runStart(config, d);
+      assert.equal(r.killed, false, 'it refused instead of starting');
+      assert.equal(r.code, 78, r.stderr);
+      assert.match(r.stderr, /allow_commands needs the privilege drop/);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
   });
 });
