@@ -337,7 +337,6 @@ async function runDelivery(init: InitMessage): Promise<void> {
   };
   const worker = createDelivery({
     log, resolver, cleanupPath: init.cleanupPath!, ...(init.commandPath ? { commandPath: init.commandPath } : {}),
-    orphaned: (qids) => tell({ type: 'orphaned', qids }),
     orphanDone: (qid) => tell({ type: 'orphan-done', qid }),
   }, cfg);
   onMasterMessage((m: { type: string; display?: string }, handle?: unknown) => {
@@ -348,6 +347,7 @@ async function runDelivery(init: InitMessage): Promise<void> {
         process.send!({ type: 'listening', display: m.display });
       });
     } else if (m.type === 'drain') void worker.drain().then(() => process.exit(0));
+    else if (m.type === 'orphans?') tell({ type: 'orphans', qids: worker.orphanJobs() });
   });
 }
 

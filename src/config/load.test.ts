@@ -178,9 +178,10 @@ describe('values that would switch a limit off or break the protocol are refused
     ['a host name with a space and a line break', '[server]\nhostname = "bad host\\r\\nX"\n', /:2: server\.hostname: expected "" or a host name/],
     ['a transport key that is not a domain', '[transport]\n"not a domain!!" = "local"\n', /:2: transport\.not a domain!!: bad key: expected a domain/],
     ['a dotted key before any table', '# x\nsmtp.max_errors = 0\n', /:2: smtp\.max_errors: /],
-    ['a per-destination key that is no destination', '[delivery.destinations]\n"no such thing!" = { concurrency = 1 }\n', /delivery\.destinations\.no such thing!: bad key: expected a destination/],
+    ['a per-destination key that is no destination', '[delivery.destinations]\n"no such thing!" = { concurrency = 1 }\n', /:2: delivery\.destinations\.no such thing!: bad key: expected a destination/],
     ['a per-destination window of 0', '[delivery.destinations."example.org"]\nconcurrency = 0\n', /:2: delivery\.destinations\.example\.org\.concurrency: /],
-    ['an unknown per-destination setting', '[delivery.destinations]\n"example.org" = { speed = 1 }\n', /delivery\.destinations\.example\.org.*speed/],
+    ['a bracketed destination\'s bad value', '# x\n[delivery.destinations."[10.0.0.5]:25"]\nmax_recipients = 0\n', /:3: delivery\.destinations\.\[10\.0\.0\.5\]:25\.max_recipients: /],
+    ['an unknown per-destination setting', '[delivery.destinations]\n"example.org" = { speed = 1 }\n', /:2: unknown key "delivery\.destinations\.example\.org\.speed"/],
     ['commands as the queue owner', '[local]\nallow_commands = true\ncommand_user = "palisade"\n', /:3: local\.command_user: must name a user other than root/],
   ];
   for (const [what, text, want] of cases) {

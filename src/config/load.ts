@@ -125,7 +125,7 @@ export function lineOf(text: string, path: readonly string[]): string {
   // Table headers with their names (quotes dropped): [delivery.destinations."example.org"] → delivery.destinations.example.org.
   const headers: { line: number; name: string }[] = [];
   lines.forEach((raw, i) => {
-    const h = /^\[\s*([^\]]+?)\s*\]/.exec(raw.trim());
+    const h = /^\[\s*((?:"[^"]*"|[^\]"])+?)\s*\]/.exec(raw.trim());
     if (h !== null) headers.push({ line: i, name: h[1]!.replace(/"/g, '').replace(/\s*\.\s*/g, '.') });
   });
   const full = path.join('.');

@@ -29,11 +29,7 @@ export interface DeliveryDeps {
   readonly cleanupPath: string;
   /** The command agent's socket; set only when [local] allow_commands is on. */
   readonly commandPath?: string;
-  /**
-   * A qmgr connection closed with jobs running (that qmgr died): `orphaned` names their messages, and
-   * `orphanDone` each one as it ends, so that the next qmgr waits for them instead of delivering them again.
-   */
-  readonly orphaned?: (qids: string[]) => void;
+  /** A job orphanJobs() returned has ended (its recipients delivered are marked in the queue file). */
   readonly orphanDone?: (qid: string) => void;
 }
 
@@ -43,6 +39,11 @@ export interface DeliveryWorker {
   attach(server: Server): void;
   /** Finishes running jobs, then resolves. */
   drain(): Promise<void>;
+  /**
+   * The qmgr that sent the running jobs is gone (master asks before it starts the next one): returns their
+   * messages, one entry per job not returned before, and reports each through `orphanDone` as it ends.
+   */
+  orphanJobs(): string[];
 }
 
 /** Creates a delivery worker. */
@@ -106,15 +107,15 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
 
   // Before answering qmgr, the recipients delivered are marked in the queue file itself (as Postfix's delivery
   // agents do): a qmgr that dies before it has the answer is followed by one that finds them done, not by a
-  // second delivery. Only plain successes: a failure needs qmgr's classification and DSN, and a recipient that
-  // asked for a success DSN is left to qmgr so that the DSN is not lost. Best effort: qmgr records the same.
+  // second delivery. Only successes (a failure needs qmgr's classification and DSN); a recipient that asked for
+  // a success DSN is marked as owing it, so the next qmgr sends it. Best effort: qmgr records the same.
   function markDelivered(job: DeliveryJob, res: JobResult): void {
     const at = new Date().toISOString();
     const recs = res.results.flatMap((r) => {
       const want = job.recipients.find((x) => x.index === r.index);
-      return r.status === 'sent' && want !== undefined && !(want.notify ?? []).includes('SUCCESS')
-        ? [{ rcpt: r.index, state: 'sent' as const, dsn: r.dsn, reply: r.reply, at }]
-        : [];
+      if (r.status !== 'sent' || want === undefined) return [];
+      const owed = (want.notify ?? []).includes('SUCCESS') ? { success_owed: true, ...(r.relayed ? { relayed: r.relayed } : {}) } : {};
+      return [{ rcpt: r.index, state: 'sent' as const, dsn: r.dsn, reply: r.reply, at, ...owed }];
     });
     try {
       appendRecordsSync(job.file, recs);
@@ -125,21 +126,15 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
 
   // Connections from qmgr stay open between jobs; `busy` = jobs running on one.
   const conns = new Map<Socket, { busy: number }>();
+  // Every job running, and whether master was told it outlives its qmgr.
+  const jobs = new Set<{ qid: string; orphan: boolean }>();
   let draining = false;
 
   function handle(sock: Socket): void {
     const dec = new FrameDecoder();
     const st = { busy: 0 };
-    const qids: string[] = [];
-    let orphans = false;
     conns.set(sock, st);
-    sock.on('close', () => {
-      conns.delete(sock);
-      if (st.busy > 0 && !draining) {
-        orphans = true;
-        deps.orphaned?.([...qids]);
-      }
-    });
+    sock.on('close', () => conns.delete(sock));
     sock.on('error', () => {});
     sock.on('data', (c: Buffer) => {
       let frames;
@@ -154,7 +149,8 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
         const job = JSON.parse(f.payload.toString('utf8')) as DeliveryJob;
         running++;
         st.busy++;
-        qids.push(job.qid);
+        const entry = { qid: job.qid, orphan: false };
+        jobs.add(entry);
         void run(job)
           .catch((e: Error): JobResult => ({
             results: job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reply: `internal error: ${e.message}`, relay: '' })),
@@ -163,8 +159,8 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
           .then((res) => {
             st.busy--;
             markDelivered(job, res);
-            qids.splice(qids.indexOf(job.qid), 1);
-            if (orphans) deps.orphanDone?.(job.qid);
+            jobs.delete(entry);
+            if (entry.orphan) deps.orphanDone?.(job.qid);
             // qmgr keeps the connection for its next job, unless this agent is stopping.
             if (!sock.destroyed) {
               if (draining && st.busy === 0) sock.end(encodeJson(res));
@@ -193,6 +189,15 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
       cache.closeAll();
       if (running === 0) return Promise.resolve();
       return new Promise((r) => (idle = r));
+    },
+    orphanJobs(): string[] {
+      const out: string[] = [];
+      for (const j of jobs) {
+        if (j.orphan) continue;
+        j.orphan = true;
+        out.push(j.qid);
+      }
+      return out;
     },
   };
 }

@@ -94,7 +94,10 @@ async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: nu
     try {
       text = await (deps.readInclude ?? ((p) => fsp.readFile(p, 'utf8')))(path);
     } catch (e) {
-      return [{ kind: 'refused', dsn: '4.3.0', reason: `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? ''}` }];
+      const code = (e as NodeJS.ErrnoException).code ?? '';
+      // Outside the read grants (src/master: a file an untrusted include file names): it never will be read.
+      if (code === 'ERR_ACCESS_DENIED') return [{ kind: 'refused', dsn: '5.7.1', reason: `${path} may not be included (only files the aliases name, or that include files only root can change name)` }];
+      return [{ kind: 'refused', dsn: '4.3.0', reason: `cannot read ${path}: ${code}` }];
     }
     const out: Target[] = [];
     for (const line of text.split('\n')) {

@@ -247,7 +247,12 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     entry: deps.entry,
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
     onSpawn: (child) => {
-      child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath, busy: [...orphans.keys()] });
+      // First the delivery agents say which jobs they still run for the qmgr before (all they run now):
+      // this one must not deliver those messages again meanwhile. (Messages master sends it meanwhile wait in
+      // the child until its init.)
+      void collectOrphans().then(() => {
+        if (child.connected) child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath, busy: [...orphans.keys()] });
+      });
       child.on('message', (m: { type: string; id?: number; answer?: unknown }) => {
         if (m.type === 'ready') qmgrReady();
         else if (m.type === 'control-answer') {
@@ -271,11 +276,13 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   });
 
   // ---- deliveries the previous qmgr left running ----
-  // When qmgr dies, the delivery agents finish its jobs and mark what they delivered in the queue files.
-  // The next qmgr must not deliver those messages again meanwhile: it gets them as `busy` and loads each
-  // once its last such job has ended (or its agent is gone).
+  // When qmgr is gone (crash, or a stop past its deadline), the delivery agents finish its jobs and mark what
+  // they delivered in the queue files. Before the next qmgr starts, master asks each agent for the jobs it
+  // still runs; that qmgr gets their messages as `busy` and loads each once its last such job has ended (or
+  // its agent is gone).
   const orphans = new Map<string, number>();
   const orphansOf = new Map<Supervised, string[]>();
+  const orphanAnswers = new Map<Supervised, () => void>();
   const orphanEnded = (sup: Supervised, qid: string) => {
     const mine = orphansOf.get(sup);
     const i = mine?.indexOf(qid) ?? -1;
@@ -287,6 +294,28 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     const q = qmgr.child;
     if (q !== null && q.connected) q.send({ type: 'released', qid }, (e: Error | null) => void e);
   };
+  const orphansFrom = (sup: Supervised, qids: readonly string[]) => {
+    const mine = orphansOf.get(sup) ?? [];
+    orphansOf.set(sup, mine);
+    for (const qid of qids) {
+      mine.push(qid);
+      orphans.set(qid, (orphans.get(qid) ?? 0) + 1);
+    }
+    orphanAnswers.get(sup)?.();
+  };
+  // Asks every running agent; one that does not answer within 2 s is not waited for.
+  const collectOrphans = (): Promise<void> => Promise.all(deliveryWorkers.map((sup) => new Promise<void>((resolve) => {
+    const child = sup.child;
+    if (child === null || !child.connected) return resolve();
+    const timer = setTimeout(done, 2000);
+    function done(): void {
+      clearTimeout(timer);
+      orphanAnswers.delete(sup);
+      resolve();
+    }
+    orphanAnswers.set(sup, done);
+    child.send({ type: 'orphans?' }, (e: Error | null) => e && done());
+  }))).then(() => {});
 
   // ---- delivery workers ----
   const deliveryCount = cfg.delivery.workers > 0 ? cfg.delivery.workers : Math.max(1, cpus().length);
@@ -305,19 +334,14 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         child.send({ type: 'listen', display: 'delivery' }, deliveryHandle as Server);
         child.on('message', (m: { type: string; qids?: string[]; qid?: string }) => {
           if (m.type === 'listening') onReady();
-          else if (m.type === 'orphaned') {
-            const mine = orphansOf.get(sup) ?? [];
-            orphansOf.set(sup, mine);
-            for (const qid of m.qids ?? []) {
-              mine.push(qid);
-              orphans.set(qid, (orphans.get(qid) ?? 0) + 1);
-            }
-          } else if (m.type === 'orphan-done') orphanEnded(sup, m.qid!);
+          else if (m.type === 'orphans') orphansFrom(sup, m.qids ?? []);
+          else if (m.type === 'orphan-done') orphanEnded(sup, m.qid!);
         });
       },
       onExit: () => {
         // A dead agent's jobs have ended one way or the other.
         for (const qid of [...(orphansOf.get(sup) ?? [])]) orphanEnded(sup, qid);
+        orphanAnswers.get(sup)?.();
       },
     }, log);
     sup.start();

@@ -106,6 +106,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   let stopping = false;
   /** Messages still being delivered for the previous qmgr: not loaded until released. */
   const busy = new Set(deps.busy ?? []);
+  /** Messages in active/ (left by a crash, or released) waiting for room in the active set. */
+  const waitingActive = new Set<string>();
   let scanTimer: NodeJS.Timeout | null = null;
   let scanning = false;
   let idle: (() => void) | null = null;
@@ -172,7 +174,9 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
             reply: rec?.reply ?? '',
             relay: '',
             at: rec ? Date.parse(rec.at) : 0,
-            report: false,
+            // A delivery agent's mark for a recipient still owed its success DSN (its qmgr died first).
+            report: rec?.state === 'sent' && rec.success_owed === true,
+            ...(rec?.success_owed === true && rec.relayed ? { relayed: rec.relayed } : {}),
           };
         }),
         inFlight: 0,
@@ -463,6 +467,11 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     if (scanning || stopping) return;
     scanning = true;
     try {
+      for (const id of waitingActive) {
+        if (active.size >= cfg.queue.active_limit) break;
+        waitingActive.delete(id);
+        await load(id, 'active');
+      }
       for (const id of await readIds('incoming')) await load(id, 'incoming');
       const t = now();
       for (const [id, next] of deferred) if (next <= t) await load(id, 'deferred');
@@ -508,6 +517,9 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     const id = c.id;
     const where = await store.locate(id);
     if (where === null) return { ok: false, code: 1, error: `no message ${id} in the queue` };
+    // Its file is still being marked by a delivery the previous qmgr started: moving or removing it now could
+    // have it delivered twice or lose the mark.
+    if (busy.has(id)) return { ok: false, code: 75, error: `message ${id} has a delivery out that the previous queue manager started; try again shortly` };
     const m = active.get(id);
     switch (c.cmd) {
       case 'hold':
@@ -563,7 +575,11 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     async start() {
       // Messages left active by a crash go first: their records say what is still to do. One a delivery agent
       // is still delivering (for the qmgr that died) waits for that delivery's mark in its file: release().
-      for (const id of await readIds('active')) if (!busy.has(id)) await load(id, 'active');
+      for (const id of await readIds('active')) {
+        if (busy.has(id)) continue;
+        if (active.size >= cfg.queue.active_limit) waitingActive.add(id);
+        else await load(id, 'active');
+      }
       for (const id of await readIds('deferred')) {
         try {
           const q = await store.read('deferred', id);
@@ -583,7 +599,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     release(qid: string) {
       if (!busy.delete(qid) || stopping) return;
       log.info({ event: 'resumed', qid, note: 'the delivery the previous qmgr left running has ended' });
-      void load(qid, 'active').catch((e: Error) => log.error({ event: 'load-error', qid, err: e.message }));
+      if (active.size >= cfg.queue.active_limit) waitingActive.add(qid);
+      else void load(qid, 'active').catch((e: Error) => log.error({ event: 'load-error', qid, err: e.message }));
     },
     control,
     async stop(ms: number) {

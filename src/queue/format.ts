@@ -37,6 +37,10 @@ export interface StateRecord {
   readonly next?: string | null;
   /** Rounds that tried a delivery so far (the backoff exponent), for deferred; older files lack it. */
   readonly attempts?: number;
+  /** A delivery agent's "sent" mark for a recipient whose success DSN qmgr has not sent yet. */
+  readonly success_owed?: boolean;
+  /** With success_owed: how the next hop took it (RecipientResult.relayed). */
+  readonly relayed?: 'dsn' | 'plain';
 }
 
 /** Formats the lengths line. */

@@ -12,6 +12,7 @@ import { childProcesses, startPalisade, waitFor, type Running } from '../support
 import { openSession, queueIdOf, summary } from '../support/smtp-client.ts';
 import { KEEP_QUEUED, queuedIds, readQueued, splitReceived, spoolFiles } from '../support/queue.ts';
 import { startSmtpPeer, type SmtpPeer } from '../support/smtp-server.ts';
+import { parseDsn, waitMaildir } from '../support/mailbox.ts';
 
 /** PID of master's cleanup child (found with ps, never by name across the machine). */
 function cleanupPid(p: Running): number | undefined {
@@ -243,5 +244,91 @@ describe('kill -9 of qmgr after a delivery it has not recorded', () => {
     await p.waitLog((l) => l.event === 'removed' && l.qid === qid && l.pid !== qmgr, 15_000);
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(peer.messages.length, before + 1, 'delivered exactly once');
+  });
+});
+
+describe('deliveries a replaced or dead qmgr left running', () => {
+  let peer: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    // The next hop takes 3.5 s to answer the final dot (longer than drain_timeout) and has no DSN extension, so
+    // a NOTIFY=SUCCESS recipient is ours to report ("relayed"). One message in the active set at a time.
+    peer = await startSmtpPeer({ dataReplyDelayMs: 3500, extensions: { dsn: false } });
+    // drain_timeout is 2 s (the test config's).
+    p = await startPalisade({
+      toml: `[transport]\n"*" = "smtp:[127.0.0.1]:${peer.port}"\n[queue]\nretry_min = "1s"\nscan_interval = "200ms"\nactive_limit = 1\n[delivery]\nworkers = 2\ntimeout = "10s"\n`,
+    });
+  });
+  after(async () => {
+    const code = await p?.stop();
+    await peer?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
+  });
+
+  async function send(rcpt: string, tag: string): Promise<string> {
+    const c = await openSession(p.port);
+    try {
+      await c.ok('MAIL FROM:<alice@mx.test>');
+      await c.ok(rcpt);
+      await c.ok('DATA', 354);
+      c.write(`Subject: ${tag}\r\nMessage-ID: <${tag}@client.test>\r\n\r\nbody\r\n.\r\n`);
+      return queueIdOf(await c.expect(250));
+    } finally {
+      c.close();
+    }
+  }
+  const copies = (tag: string) => peer.messages.filter((m) => m.data.toString('latin1').includes(`<${tag}@client.test>`)).length;
+  const qmgrPid = () => childProcesses(p.proc.pid!).find((x) => / child qmgr$/.test(x.args))!.pid;
+
+  test('a reload while a delivery outlasts drain_timeout: the new qmgr waits for it, one copy', async () => {
+    const qid = await send('RCPT TO:<reload@remote.test>', 'reload-out');
+    await waitFor('the peer has the message', () => (copies('reload-out') === 1 ? true : undefined), 10_000);
+    const r = await p.cli(['reload']);
+    assert.equal(r.code, 0, r.stderr);
+    await p.waitLog((l) => l.event === 'resumed' && l.qid === qid, 15_000);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid, 15_000);
+    assert.equal(copies('reload-out'), 1);
+  });
+
+  test('a NOTIFY=SUCCESS recipient out when qmgr dies: one copy, and the success DSN still comes', async () => {
+    const qid = await send('RCPT TO:<success@remote.test> NOTIFY=SUCCESS', 'success-out');
+    await waitFor('the peer has the message', () => (copies('success-out') === 1 ? true : undefined), 10_000);
+    const old = qmgrPid();
+    process.kill(old, 'SIGKILL');
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid && l.pid !== old, 15_000);
+    const [dsn] = await waitMaildir(p.dir, 'alice');
+    const parsed = await parseDsn(dsn!);
+    assert.equal(parsed.recipients[0]!.action, 'relayed');
+    assert.equal(parsed.recipients[0]!['final-recipient'], 'rfc822; success@remote.test');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(copies('success-out'), 1);
+  });
+
+  test('a released message waits for room in a full active set, then finishes', async () => {
+    const a = await send('RCPT TO:<first@remote.test>', 'full-a');
+    await waitFor('the peer has A', () => (copies('full-a') === 1 ? true : undefined), 10_000);
+    const b = await send('RCPT TO:<second@remote.test>', 'full-b');
+    const old = qmgrPid();
+    process.kill(old, 'SIGKILL');
+    // The new qmgr fills its one active slot with B while A's old delivery is still out.
+    await p.waitLog((l) => l.event === 'resumed' && l.qid === a, 15_000);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === b, 15_000);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === a, 15_000);
+    assert.equal(copies('full-a'), 1);
+    assert.equal(copies('full-b'), 1);
+  });
+
+  test('hold on a message whose old delivery is still out is refused (try again), not done behind its back', async () => {
+    const qid = await send('RCPT TO:<hold@remote.test>', 'hold-out');
+    await waitFor('the peer has the message', () => (copies('hold-out') === 1 ? true : undefined), 10_000);
+    process.kill(qmgrPid(), 'SIGKILL');
+    // Until the new qmgr is up, the CLI says so; then it names the delivery that is out.
+    const r = await waitFor('a refusal naming the delivery out', async () => {
+      const x = await p.cli(['queue', 'hold', qid]);
+      return /delivery out/.test(x.stderr) ? x : undefined;
+    }, 10_000);
+    assert.equal(r.code, 75, r.stderr);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid, 15_000);
+    assert.equal(copies('hold-out'), 1);
   });
 });
