@@ -14,7 +14,7 @@
 import { spawn } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from '../log/index.ts';
-import { FrameDecoder, encodeJson } from '../ipc/index.ts';
+import { FrameDecoder, encodeJson, framesOrDrop } from '../ipc/index.ts';
 
 /** What the delivery agent asks for: the command and the variables of its environment. */
 export interface CommandRequest {
@@ -258,13 +258,8 @@ export function createCommandAgent(log: Logger, timeoutMs: number, user: Command
       }
     };
     sock.on('data', (c: Buffer) => {
-      let frames;
-      try {
-        frames = dec.push(c);
-      } catch {
-        sock.destroy();
-        return;
-      }
+      const frames = framesOrDrop(dec, c, sock);
+      if (frames === null) return;
       for (const f of frames) {
         pending++;
         chain = chain.then(() => frame(f.kind, f.payload)).catch(() => void sock.destroy()).finally(() => {

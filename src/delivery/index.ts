@@ -8,7 +8,7 @@ import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult } from '../core/delivery.ts';
 import { parseDuration } from '../core/duration.ts';
-import { encodeJson, exchange, FrameDecoder, submit } from '../ipc/index.ts';
+import { encodeJson, exchange, FrameDecoder, framesOrDrop, submit } from '../ipc/index.ts';
 import { appendRecordsSync, readQueueFile } from '../queue/index.ts';
 import { createTable, readAliases, type AliasEntry } from '../lookup/index.ts';
 import type { Resolver } from '../dns/index.ts';
@@ -137,13 +137,8 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
     sock.on('close', () => conns.delete(sock));
     sock.on('error', () => {});
     sock.on('data', (c: Buffer) => {
-      let frames;
-      try {
-        frames = dec.push(c);
-      } catch {
-        sock.destroy();
-        return;
-      }
+      const frames = framesOrDrop(dec, c, sock);
+      if (frames === null) return;
       for (const f of frames) {
         if (f.kind !== 'json') continue;
         const job = JSON.parse(f.payload.toString('utf8')) as DeliveryJob;

@@ -4,7 +4,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { FrameDecoder, encodeFrame, encodeData, encodeJson, MAX_FRAME, KIND, type Frame, type FrameKind } from './framing.ts';
+import { FrameDecoder, encodeFrame, encodeData, encodeJson, MAX_FRAME, KIND, type Frame, type FrameKind, framesOrDrop } from './framing.ts';
 import { split } from '../../test/support/split.ts';
 
 
@@ -196,4 +196,14 @@ describe('framing properties', () => {
       { numRuns: 300 },
     );
   });
+});
+
+test('framesOrDrop: frames of a good stream; a malformed one destroys the socket and gives null', () => {
+  let destroyed = 0;
+  const sock = { destroy: () => void destroyed++ };
+  const good = framesOrDrop(new FrameDecoder(), encodeJson({ a: 1 }), sock);
+  assert.equal(good?.length, 1);
+  assert.equal(destroyed, 0);
+  assert.equal(framesOrDrop(new FrameDecoder(), Buffer.from([0, 0, 0, 1, 99, 0]), sock), null);
+  assert.equal(destroyed, 1);
 });

@@ -96,3 +96,13 @@ export class FrameDecoder {
     return frames;
   }
 }
+
+/** Decodes `chunk`; a malformed stream (a peer that does not speak the protocol) destroys `sock`: null. */
+export function framesOrDrop(dec: FrameDecoder, chunk: Buffer, sock: { destroy(): void }): Frame[] | null {
+  try {
+    return dec.push(chunk);
+  } catch {
+    sock.destroy();
+    return null;
+  }
+}
