@@ -18,6 +18,7 @@ import { createRouter } from './route.ts';
 import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
 import { readRecords } from './records.ts';
 import { classify } from './classify.ts';
+import { createControl, type ControlAnswer, type QmgrCommand } from './control.ts';
 
 /** What qmgr needs from outside. */
 export interface QmgrDeps {
@@ -32,8 +33,7 @@ export interface QmgrDeps {
   readonly busy?: readonly string[];
 }
 
-/** Control commands (from master's control socket). */
-export type QmgrCommand = { cmd: 'hold' | 'release' | 'delete' | 'requeue'; id: string } | { cmd: 'flush' } | { cmd: 'status' };
+export type { QmgrCommand } from './control.ts';
 
 /** A running queue manager. */
 export interface Qmgr {
@@ -42,7 +42,7 @@ export interface Qmgr {
   notify(qid: string): void;
   /** The deliveries the previous qmgr left running for `qid` have ended: its records say what is left. */
   release(qid: string): void;
-  control(c: QmgrCommand): Promise<{ ok: boolean; error?: string; code?: number; [k: string]: unknown }>;
+  control(c: QmgrCommand): Promise<ControlAnswer>;
   /** Stops scheduling and waits for deliveries in flight (at most `ms`). */
   stop(ms: number): Promise<void>;
 }
@@ -505,71 +505,10 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
 
   // ---- control -------------------------------------------------------------------
 
-  async function control(c: QmgrCommand): Promise<{ ok: boolean; error?: string; code?: number; [k: string]: unknown }> {
-    if (c.cmd === 'status') return { ok: true, active: active.size, deferred: deferred.size, in_flight: dests.inFlight, waiting: dests.waiting };
-    if (c.cmd === 'flush') {
-      // As Postfix's flush: destinations marked dead are tried again too.
-      dests.revive();
-      for (const id of deferred.keys()) deferred.set(id, 0);
-      void scan();
-      return { ok: true, flushed: deferred.size };
-    }
-    const id = c.id;
-    const where = await store.locate(id);
-    if (where === null) return { ok: false, code: 1, error: `no message ${id} in the queue` };
-    // Its file is still being marked by a delivery the previous qmgr started: moving or removing it now could
-    // have it delivered twice or lose the mark.
-    if (busy.has(id)) return { ok: false, code: 75, error: `message ${id} has a delivery out that the previous queue manager started; try again shortly` };
-    const m = active.get(id);
-    switch (c.cmd) {
-      case 'hold':
-        if (where === 'hold') return { ok: true };
-        if (m) {
-          m.pendingAction = 'hold';
-          return { ok: true, note: 'held after the deliveries in flight' };
-        }
-        deferred.delete(id);
-        await store.move(id, where, 'hold');
-        log.info({ event: 'held', qid: id });
-        return { ok: true };
-      case 'release': {
-        if (where !== 'hold') return { ok: false, code: 1, error: `message ${id} is not on hold` };
-        // Not taken (the active set is full): it leaves hold anyway and waits in deferred/, due now. (A scan's
-        // expiry may have taken it meanwhile: then there is nothing left to move.)
-        let waits = false;
-        if (!(await load(id, 'hold'))) {
-          try {
-            await store.move(id, 'hold', 'deferred');
-            deferred.set(id, 0);
-            waits = true;
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-          }
-        }
-        log.info({ event: 'released', qid: id, ...(waits ? { note: 'waits for room in the active set' } : {}) });
-        return { ok: true, ...(waits ? { note: 'waits for room in the active set' } : {}) };
-      }
-      case 'delete':
-        if (m) {
-          m.pendingAction = 'delete';
-          if (m.inFlight === 0) await finishRound(m);
-          return { ok: true };
-        }
-        deferred.delete(id);
-        await fsp.rm(store.path(where, id), { force: true });
-        log.info({ event: 'deleted', qid: id });
-        return { ok: true };
-      case 'requeue':
-        if (where === 'deferred') {
-          // Due now: taken at once, or by the next scan when the active set has room; a dead destination is
-          // tried again.
-          dests.revive();
-          deferred.set(id, 0);
-          await load(id, 'deferred');
-        }
-        return { ok: true };
-    }
-  }
+  const control = createControl({
+    log, store, dests, active, deferred, busy, scan, load: (id, from) => load(id, from),
+    finish: (id) => finishRound(active.get(id)!),
+  });
 
   return {
     async start() {
