@@ -12,7 +12,7 @@
 // anything as root.
 
 import { spawn } from 'node:child_process';
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import type { Logger } from '../log/index.ts';
 import { FrameDecoder, encodeJson, framesOrDrop } from '../ipc/index.ts';
 
@@ -288,9 +288,4 @@ export function createCommandAgent(log: Logger, timeoutMs: number, user: Command
       for (const c of live) c.kill();
     },
   };
-}
-
-/** Creates the listening server for private/command. */
-export function commandServer(): Server {
-  return createServer();
 }

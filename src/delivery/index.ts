@@ -3,7 +3,7 @@
 // the shared private/delivery socket carries one job from qmgr and gets one JobResult back.
 // Must not: move or rewrite queue files (qmgr owns state), write to queue/incoming except through cleanup.
 
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult } from '../core/delivery.ts';
@@ -19,7 +19,7 @@ import { stageTimeouts, type OutboundMessage } from './session.ts';
 import { messageChunks } from './message.ts';
 
 export { dotStuff } from './message.ts';
-export { createCommandAgent, commandServer } from './command.ts';
+export { createCommandAgent } from './command.ts';
 
 /** What the delivery worker needs. */
 export interface DeliveryDeps {
@@ -207,9 +207,4 @@ function commandClient(path: string, timeoutMs: number): NonNullable<LocalDeps['
     if ((a.status === 'sent' || a.status === 'deferred' || a.status === 'bounced') && typeof a.dsn === 'string' && typeof a.reply === 'string') return { status: a.status, dsn: a.dsn, reply: a.reply };
     return { status: 'deferred', dsn: '4.3.0', reply: 'bad answer from the command agent' };
   };
-}
-
-/** Creates the listening server for private/delivery (used by master to make the shared handle). */
-export function deliveryServer(): Server {
-  return createServer();
 }
