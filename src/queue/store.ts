@@ -429,9 +429,13 @@ class FileWriter implements QueueWriter {
       // wait for the same journal commit instead of two hand-offs in a row.
       await Promise.all([fh.sync(), this.store.syncDir('incoming')]);
       this.fh = null;
-      if (this.from !== null) this.store.refillSpares();
-      // Closing after a successful fsync cannot lose anything: do not make the client wait for it.
-      fh.close().catch(() => {});
+      // Closing after a successful fsync cannot lose anything, and a new spare is not needed before the next
+      // message: both hand-offs to the thread pool (a wake-up each) wait until the caller has sent its answer.
+      const refill = this.from !== null;
+      setImmediate(() => {
+        if (refill) this.store.refillSpares();
+        fh.close().catch(() => {});
+      });
     } catch (e) {
       await this.cleanupAfterFailure();
       throw e;
