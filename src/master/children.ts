@@ -3,6 +3,7 @@
 // and reports a crash loop instead of respawning in a tight loop.
 
 import { fork, type ChildProcess } from 'node:child_process';
+import { closeSync, readdirSync, readFileSync } from 'node:fs';
 import type { Logger } from '../log/index.ts';
 
 /** How to start one child. */
@@ -141,4 +142,26 @@ function childEnv(): NodeJS.ProcessEnv {
   if (process.env.UV_THREADPOOL_SIZE) env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE;
   if (process.env.TZ) env.TZ = process.env.TZ;
   return env;
+}
+
+// Descriptors inherited from whoever started master and not marked close-on-exec would reach every child and
+// every command (a shell's, a terminal's): they are closed at start. Node's own are all close-on-exec.
+export function closeInheritedFds(): void {
+  const channel = Number(process.env.NODE_CHANNEL_FD ?? -1);
+  let names: string[];
+  try {
+    names = readdirSync('/proc/self/fd');
+  } catch {
+    return; // no /proc: nothing to go by
+  }
+  for (const n of names) {
+    const fd = Number(n);
+    if (!Number.isInteger(fd) || fd <= 2 || fd === channel) continue;
+    try {
+      const flags = /^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+      if (flags !== null && (parseInt(flags[1]!, 8) & 0o2000000) === 0) closeSync(fd);
+    } catch {
+      // Gone meanwhile (the directory's own descriptor).
+    }
+  }
 }

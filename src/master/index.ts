@@ -3,25 +3,24 @@
 // hands each worker the listening handles, runs the anvil, serves the control socket, restarts children,
 // reloads on SIGHUP and drains on SIGTERM. It never accepts a connection and holds no mail.
 
-import { mkdirSync, rmSync, writeFileSync, readFileSync, readdirSync, closeSync, chmodSync, chownSync, statSync, statfs } from 'node:fs';
-import { createServer as createNetServer, type Server } from 'node:net';
-import * as net from 'node:net';
+import { mkdirSync, rmSync, writeFileSync, chownSync, statfs } from 'node:fs';
+import type { Server } from 'node:net';
 import { cpus } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { createHash } from 'node:crypto';
+import { dirname, join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import type { Config } from '../config/index.ts';
-import { parseListen } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import { parseDuration } from '../core/duration.ts';
 import { Anvil } from '../policy/index.ts';
 import { QueueStore, MESSAGE_STATES } from '../queue/index.ts';
-import { encodeJson, FrameDecoder } from '../ipc/index.ts';
 import { EXIT } from '../core/exit.ts';
-import { Supervised } from './children.ts';
 import { includePaths, readAliases } from '../lookup/index.ts';
+import { closeInheritedFds, Supervised } from './children.ts';
+import { Orphans } from './orphans.ts';
 import { ensureCommandUser, ensureIdentities, secureSpool, type Identities } from './privilege.ts';
+import { assertNotRunning, assertSafeDirs, bindListeners, bindPrivate, lockSpool, serveControl, StartError } from './startup.ts';
 
+export { StartError } from './startup.ts';
 
 // How long a worker replaced by a reload may keep serving the sessions it already has.
 const RETIRE_MS = 60 * 60_000;
@@ -35,20 +34,6 @@ export interface MasterDeps {
   readonly reloadConfig: () => Config;
 }
 
-/** A failure that ends start-up with a contract exit code. */
-export class StartError extends Error {
-  readonly exitCode: number;
-  constructor(msg: string, exitCode: number) {
-    super(msg);
-    this.exitCode = exitCode;
-  }
-}
-
-interface ListenHandle {
-  readonly name: 'smtp';
-  readonly display: string;
-  readonly handle: object;
-}
 
 interface Worker {
   sup: Supervised;
@@ -62,28 +47,6 @@ interface Worker {
   wants: boolean;
   /** A revoke was sent and its answer has not come back. */
   revoking: boolean;
-}
-
-// Descriptors inherited from whoever started master and not marked close-on-exec would reach every child and
-// every command (a shell's, a terminal's): they are closed at start. Node's own are all close-on-exec.
-function closeInheritedFds(): void {
-  const channel = Number(process.env.NODE_CHANNEL_FD ?? -1);
-  let names: string[];
-  try {
-    names = readdirSync('/proc/self/fd');
-  } catch {
-    return; // no /proc: nothing to go by
-  }
-  for (const n of names) {
-    const fd = Number(n);
-    if (!Number.isInteger(fd) || fd <= 2 || fd === channel) continue;
-    try {
-      const flags = /^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
-      if (flags !== null && (parseInt(flags[1]!, 8) & 0o2000000) === 0) closeSync(fd);
-    } catch {
-      // Gone meanwhile (the directory's own descriptor).
-    }
-  }
 }
 
 /** Starts Palisade; resolves with the exit code once it has stopped. */
@@ -113,33 +76,15 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   const cleanupPath = store.path('private', 'cleanup');
 
   // Bind every listener before starting anything: a taken port is exit 69.
-  const handles: ListenHandle[] = [];
-  for (const addr of cfg.smtp.listen) {
-    const p = parseListen(addr)!;
-    const family = net.isIPv6(p.host) ? 6 : 4;
-    const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(p.host, p.port, family);
-    if (typeof h === 'number') throw new StartError(`cannot bind smtp listener ${addr}: ${errnoName(h)}`, EXIT.unavailable);
-    const out: { address?: string; port?: number } = {};
-    // libuv reports a failed bind (EADDRINUSE) only later: an unbound socket has no name.
-    const rc = (h as { getsockname(o: object): number }).getsockname(out);
-    if (rc !== 0 || out.port === undefined) {
-      (h as { close(): void }).close();
-      throw new StartError(`cannot bind smtp listener ${addr}: ${errnoName(rc)}`, EXIT.unavailable);
-    }
-    handles.push({ name: 'smtp', display: family === 6 ? `[${out.address}]:${out.port}` : `${out.address}:${out.port}`, handle: h });
-  }
+  const handles = bindListeners(cfg.smtp.listen);
 
   // private/delivery: one listening Unix socket shared by every delivery worker (kernel balances jobs).
   const deliveryPath = store.path('private', 'delivery');
-  rmSync(deliveryPath, { force: true });
-  const deliveryHandle = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(deliveryPath, -1, -1);
-  if (typeof deliveryHandle === 'number') throw new StartError(`cannot bind ${deliveryPath}: ${errnoName(deliveryHandle)}`, EXIT.software);
-  chmodSync(deliveryPath, 0o600);
-  if (ids !== null) chownSync(deliveryPath, ids.user.uid, ids.group);
+  const deliveryHandle = bindPrivate(deliveryPath, ids);
   // private/command: the command agent's socket, only with [local] allow_commands (decided at start).
   const commandsOn = cfg.local.allow_commands;
   const commandPath = store.path('private', 'command');
-  rmSync(commandPath, { force: true });
+  if (!commandsOn) rmSync(commandPath, { force: true });
   let commandHandle: object | null = null;
   let commandIds: { uid: number; gid: number } | null = null;
   if (commandsOn) {
@@ -153,12 +98,8 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     } catch (e) {
       throw new StartError(`local.command_user: ${(e as Error).message}`, EXIT.config);
     }
-    const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(commandPath, -1, -1);
-    if (typeof h === 'number') throw new StartError(`cannot bind ${commandPath}: ${errnoName(h)}`, EXIT.software);
-    commandHandle = h;
     // Only the delivery agents (user) connect; the agent itself has the listening handle from master.
-    chmodSync(commandPath, 0o600);
-    if (ids !== null) chownSync(commandPath, ids.user.uid, ids.group);
+    commandHandle = bindPrivate(commandPath, ids);
   }
   mkdirSync(cfg.local.mailbox_dir, { recursive: true, mode: 0o700 });
   if (ids !== null) chownSync(cfg.local.mailbox_dir, ids.user.uid, ids.group);
@@ -250,8 +191,8 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       // First the delivery agents say which jobs they still run for the qmgr before (all they run now):
       // this one must not deliver those messages again meanwhile. (Messages master sends it meanwhile wait in
       // the child until its init.)
-      void collectOrphans().then(() => {
-        if (child.connected) child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath, busy: [...orphans.keys()] });
+      void orphans.collect(deliveryWorkers.map((sup) => ({ agent: sup, child: sup.child }))).then(() => {
+        if (child.connected) child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath, busy: orphans.busy() });
       });
       child.on('message', (m: { type: string; id?: number; answer?: unknown }) => {
         if (m.type === 'ready') qmgrReady();
@@ -275,47 +216,11 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     child.send({ type: 'control', id, cmd });
   });
 
-  // ---- deliveries the previous qmgr left running ----
-  // When qmgr is gone (crash, or a stop past its deadline), the delivery agents finish its jobs and mark what
-  // they delivered in the queue files. Before the next qmgr starts, master asks each agent for the jobs it
-  // still runs; that qmgr gets their messages as `busy` and loads each once its last such job has ended (or
-  // its agent is gone).
-  const orphans = new Map<string, number>();
-  const orphansOf = new Map<Supervised, string[]>();
-  const orphanAnswers = new Map<Supervised, () => void>();
-  const orphanEnded = (sup: Supervised, qid: string) => {
-    const mine = orphansOf.get(sup);
-    const i = mine?.indexOf(qid) ?? -1;
-    if (i < 0) return;
-    mine!.splice(i, 1);
-    const n = (orphans.get(qid) ?? 1) - 1;
-    if (n > 0) return void orphans.set(qid, n);
-    orphans.delete(qid);
+  // ---- deliveries the previous qmgr left running (src/master/orphans.ts) ----
+  const orphans = new Orphans<Supervised>((qid) => {
     const q = qmgr.child;
     if (q !== null && q.connected) q.send({ type: 'released', qid }, (e: Error | null) => void e);
-  };
-  const orphansFrom = (sup: Supervised, qids: readonly string[]) => {
-    const mine = orphansOf.get(sup) ?? [];
-    orphansOf.set(sup, mine);
-    for (const qid of qids) {
-      mine.push(qid);
-      orphans.set(qid, (orphans.get(qid) ?? 0) + 1);
-    }
-    orphanAnswers.get(sup)?.();
-  };
-  // Asks every running agent; one that does not answer within 2 s is not waited for.
-  const collectOrphans = (): Promise<void> => Promise.all(deliveryWorkers.map((sup) => new Promise<void>((resolve) => {
-    const child = sup.child;
-    if (child === null || !child.connected) return resolve();
-    const timer = setTimeout(done, 2000);
-    function done(): void {
-      clearTimeout(timer);
-      orphanAnswers.delete(sup);
-      resolve();
-    }
-    orphanAnswers.set(sup, done);
-    child.send({ type: 'orphans?' }, (e: Error | null) => e && done());
-  }))).then(() => {});
+  });
 
   // ---- delivery workers ----
   const deliveryCount = cfg.delivery.workers > 0 ? cfg.delivery.workers : Math.max(1, cpus().length);
@@ -334,14 +239,12 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         child.send({ type: 'listen', display: 'delivery' }, deliveryHandle as Server);
         child.on('message', (m: { type: string; qids?: string[]; qid?: string }) => {
           if (m.type === 'listening') onReady();
-          else if (m.type === 'orphans') orphansFrom(sup, m.qids ?? []);
-          else if (m.type === 'orphan-done') orphanEnded(sup, m.qid!);
+          else if (m.type === 'orphans') orphans.reported(sup, m.qids ?? []);
+          else if (m.type === 'orphan-done') orphans.ended(sup, m.qid!);
         });
       },
       onExit: () => {
-        // A dead agent's jobs have ended one way or the other.
-        for (const qid of [...(orphansOf.get(sup) ?? [])]) orphanEnded(sup, qid);
-        orphanAnswers.get(sup)?.();
+        orphans.gone(sup);
       },
     }, log);
     sup.start();
@@ -626,88 +529,4 @@ function anvilLimits(cfg: Config) {
     recipientRatePerIp: cfg.smtp.max_recipient_rate_per_ip,
     stressAt: cfg.smtp.stress_threshold,
   };
-}
-
-// Refuses a spool or data directory anyone may write to: another local user could plant or steal mail.
-function assertSafeDirs(paths: readonly string[]): void {
-  for (const p of paths) {
-    let st;
-    try {
-      st = statSync(p);
-    } catch {
-      continue;
-    }
-    if ((st.mode & 0o002) !== 0) throw new StartError(`${p} is world-writable (mode ${(st.mode & 0o7777).toString(8)}): refusing to start; chmod o-w ${p}`, EXIT.config);
-  }
-}
-
-function errnoName(code: number): string {
-  const names: Record<number, string> = { [-98]: 'EADDRINUSE (address already in use)', [-99]: 'EADDRNOTAVAIL', [-13]: 'EACCES (permission denied)' };
-  return names[code] ?? `error ${code}`;
-}
-
-// One master per spool, whatever became of the pid file (an `rm -rf` of a running instance's data dir
-// removes it): master binds an abstract Unix socket named after the spool's path, which the kernel frees when
-// the process ends. Two queue managers on one spool would deliver each other's messages twice.
-function lockSpool(queueDir: string): object {
-  const name = `\0palisade-spool-${createHash('sha256').update(resolve(queueDir)).digest('hex').slice(0, 32)}`;
-  const h = (net as unknown as { _createServerHandle(a: string, p: number, t: number): object | number })._createServerHandle(name, -1, -1);
-  if (typeof h === 'number') {
-    if (errnoName(h).startsWith('EADDRINUSE')) throw new StartError(`Palisade is already running on the spool ${resolve(queueDir)}`, EXIT.unavailable);
-    throw new StartError(`cannot lock the spool ${resolve(queueDir)}: ${errnoName(h)}`, EXIT.software);
-  }
-  return h;
-}
-
-function assertNotRunning(pidFile: string): void {
-  let pid = 0;
-  try {
-    pid = Number(readFileSync(pidFile, 'utf8').trim());
-  } catch {
-    return;
-  }
-  if (pid > 0 && pid !== process.pid) {
-    try {
-      process.kill(pid, 0);
-      throw new StartError(`Palisade is already running (pid ${pid}, ${pidFile})`, EXIT.unavailable);
-    } catch (e) {
-      if (e instanceof StartError) throw e;
-    }
-  }
-}
-
-// The control socket: one JSON request, one JSON answer per connection; 0600, owned by root (or the runner).
-async function serveControl(path: string, ids: Identities | null, handler: (cmd: { cmd?: string }) => Promise<unknown>): Promise<Server> {
-  rmSync(path, { force: true });
-  const server = createNetServer((sock) => {
-    const dec = new FrameDecoder();
-    sock.on('error', () => {});
-    sock.on('data', (chunk) => {
-      let frames;
-      try {
-        frames = dec.push(chunk);
-      } catch {
-        sock.destroy();
-        return;
-      }
-      for (const f of frames) {
-        if (f.kind !== 'json') continue;
-        let cmd: { cmd?: string };
-        try {
-          cmd = JSON.parse(f.payload.toString('utf8')) as { cmd?: string };
-        } catch {
-          sock.destroy();
-          return;
-        }
-        void handler(cmd).then((a) => sock.end(encodeJson(a)), (e: Error) => sock.end(encodeJson({ ok: false, error: e.message })));
-      }
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => resolve());
-  });
-  chmodSync(path, 0o600);
-  if (ids !== null) chownSync(path, 0, 0);
-  return server;
 }
