@@ -340,14 +340,18 @@ async function runDelivery(init: InitMessage): Promise<void> {
     orphanDone: (qid) => tell({ type: 'orphan-done', qid }),
   }, cfg);
   onMasterMessage((m: { type: string; display?: string }, handle?: unknown) => {
-    if (m.type === 'listen') {
-      const server = createServer();
-      server.listen(handle as object, () => {
-        worker.attach(server);
-        process.send!({ type: 'listening', display: m.display });
-      });
-    } else if (m.type === 'drain') void worker.drain().then(() => process.exit(0));
+    if (m.type === 'listen') listenOnHandle(handle, (server) => worker.attach(server), m.display);
+    else if (m.type === 'drain') void worker.drain().then(() => process.exit(0));
     else if (m.type === 'orphans?') tell({ type: 'orphans', qids: worker.orphanJobs() });
+  });
+}
+
+// An agent listens on the Unix socket master bound and shares among its kind, then tells master it is ready.
+function listenOnHandle(handle: unknown, attach: (server: Server) => void, display?: string): void {
+  const server = createServer();
+  server.listen(handle as object, () => {
+    attach(server);
+    process.send!({ type: 'listening', ...(display !== undefined ? { display } : {}) });
   });
 }
 
@@ -362,13 +366,8 @@ async function runCommandAgent(init: InitMessage): Promise<void> {
   // Commands run in their own process groups: they must not outlive the agent (master gone, a crash).
   process.on('exit', () => agent.killAll());
   onMasterMessage((m: { type: string }, handle?: unknown) => {
-    if (m.type === 'listen') {
-      const server = createServer();
-      server.listen(handle as object, () => {
-        agent.attach(server);
-        process.send!({ type: 'listening' });
-      });
-    } else if (m.type === 'drain') void agent.drain().then(() => process.exit(0));
+    if (m.type === 'listen') listenOnHandle(handle, (server) => agent.attach(server));
+    else if (m.type === 'drain') void agent.drain().then(() => process.exit(0));
   });
 }
 
