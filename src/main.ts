@@ -157,9 +157,12 @@ async function runCleanup(init: InitMessage): Promise<void> {
   const { QueueStore } = await import('./queue/index.ts');
   const log = createLogger('cleanup', cfg.log.level, { batched: true });
   const store = new QueueStore(cfg.queue.dir);
-  // The only writer of tmp/: whatever is there was never acknowledged.
-  for (const id of await store.recover()) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
-  store.useSpares();
+  // The only writer of tmp/ and of reserved files: whatever of theirs holds no complete message was never
+  // acknowledged.
+  const { removed, restored } = await store.recover();
+  for (const id of removed) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
+  for (const id of restored) log.warn({ event: 'recovered-complete', qid: id, action: 'kept' });
+  store.useReserved();
   // Commit notices go to qmgr (through master) in batches: one message per NOTICE_BATCH_MS, not one per mail.
   let committed: string[] = [];
   const sendCommitted = () => {
@@ -177,7 +180,8 @@ async function runCleanup(init: InitMessage): Promise<void> {
   chmodSync(path, 0o660);
   if (init.socketGroup !== undefined && init.socketGroup >= 0) chownSync(path, process.getuid!(), init.socketGroup);
   onMasterMessage((m: { type: string; config?: Config }) => {
-    if (m.type === 'stop') void cleanup.close().then(() => {
+    if (m.type === 'stop') void cleanup.close().then(async () => {
+      await store.stopReserving();
       if (committed.length > 0) sendCommitted();
       process.exit(0);
     });

@@ -68,7 +68,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     throw new StartError(`cannot set up service users: ${(e as Error).message}`, EXIT.software);
   }
   if (created.length > 0) log.info({ event: 'users-created', created });
-  if (ids !== null) secureSpool(cfg.queue.dir, ids, ['tmp', 'spare', ...MESSAGE_STATES]);
+  if (ids !== null) secureSpool(cfg.queue.dir, ids, ['tmp', ...MESSAGE_STATES]);
 
   const pidFile = join(cfg.server.data_dir, 'palisade.pid');
   assertNotRunning(pidFile);

@@ -485,7 +485,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
 
   async function readIds(state: MessageState): Promise<string[]> {
     try {
-      return (await fsp.readdir(store.path(state))).filter((n) => QUEUE_ID.test(n)).sort();
+      // In incoming/, only committed files: cleanup's reserved files are there before they hold a message.
+      return (await fsp.readdir(store.path(state))).filter((n) => QUEUE_ID.test(n) && store.committed(state, n)).sort();
     } catch {
       return [];
     }

@@ -4,11 +4,11 @@
 
 import { test, describe, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, readdir, writeFile, appendFile, readFile } from 'node:fs/promises';
+import { mkdtemp, rm, readdir, writeFile, appendFile, readFile, stat, chmod, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { QueueStore, SPARES, appendRecordsSync } from './store.ts';
+import { QueueStore, RESERVED, RESERVED_MODE, COMMITTED_MODE, appendRecordsSync } from './store.ts';
 import { CorruptQueueFile, MAGIC, type StateRecord } from './format.ts';
 import { QUEUE_ID } from './id.ts';
 import type { Envelope } from '../core/envelope.ts';
@@ -47,7 +47,7 @@ const names = (state: string) => readdir(join(dir, 'spool', state));
 
 describe('QueueStore', () => {
   test('creates tmp, the state directories and private under the root', async () => {
-    assert.deepEqual((await readdir(join(dir, 'spool'))).sort(), ['active', 'corrupt', 'deferred', 'hold', 'incoming', 'private', 'spare', 'tmp']);
+    assert.deepEqual((await readdir(join(dir, 'spool'))).sort(), ['active', 'corrupt', 'deferred', 'hold', 'incoming', 'private', 'tmp']);
   });
 
   test('commit puts exactly one file named by the queue ID in incoming and leaves tmp empty', async () => {
@@ -57,25 +57,139 @@ describe('QueueStore', () => {
     assert.deepEqual(await names('tmp'), []);
   });
 
-  test('with spares on, a small message is written into a spare file renamed into incoming; spare/ is refilled and emptied at recovery', async () => {
-    store.useSpares();
+  describe('reserved files', () => {
     const until = async (what: string, ok: () => Promise<boolean>) => {
-      for (let i = 0; i < 200 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 5));
+      for (let i = 0; i < 400 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 5));
       assert.ok(await ok(), what);
     };
-    await until(`${SPARES} spare files`, async () => (await names('spare')).length === SPARES);
-    const before = await names('spare');
-    const id = await enqueue();
-    assert.deepEqual(await names('incoming'), [id]);
-    assert.deepEqual(await names('tmp'), []);
-    // One spare was used (it is the message now) and a new one is on its way.
-    await until('spare/ refilled', async () => (await names('spare')).length === SPARES);
-    const after = await names('spare');
-    assert.equal(after.filter((n) => before.includes(n)).length, SPARES - 1, 'exactly one of the old spares is gone');
-    const q = await store.read('incoming', id);
-    assert.ok((await readFile(join(dir, 'spool', 'incoming', id))).subarray(q.messageOffset + q.messageLength - message.length, q.messageOffset + q.messageLength).equals(message));
-    assert.deepEqual(await new QueueStore(join(dir, 'spool')).recover(), []);
-    assert.deepEqual(await names('spare'), []);
+    const modeOf = async (id: string) => (await stat(store.path('incoming', id))).mode & 0o777;
+    const ready = async (s: QueueStore = store) => {
+      s.useReserved();
+      await until(`${RESERVED} reserved files`, async () => s.reservedReady === RESERVED);
+    };
+    afterEach(() => store.stopReserving());
+
+    test('are made write-only in incoming/ and are invisible to list, locate, show and committed', async () => {
+      await ready();
+      const reserved = await names('incoming');
+      for (const id of reserved) {
+        assert.equal(await modeOf(id), RESERVED_MODE);
+        assert.equal(store.committed('incoming', id), false);
+        assert.equal(await store.locate(id), null);
+        assert.equal(await store.show(id), null);
+      }
+      assert.deepEqual(await store.list(), []);
+    });
+
+    test('a message takes the oldest one, is durable in it and readable; a new one replaces it', async () => {
+      await ready();
+      const before = (await names('incoming')).sort();
+      const id = await enqueue();
+      assert.equal(id, before[0], 'the oldest reserved file (IDs sort by time)');
+      assert.equal(await modeOf(id), COMMITTED_MODE);
+      assert.equal(store.committed('incoming', id), true);
+      assert.deepEqual(await names('tmp'), []);
+      assert.ok((await store.readMessage('incoming', id)).equals(message));
+      assert.deepEqual((await store.list()).map((e) => e.id), [id]);
+      await until('refilled', async () => (await names('incoming')).length === RESERVED + 1);
+    });
+
+    test('many messages at once (writes overlap on the thread pool) and one after the other all arrive whole', async () => {
+      await ready();
+      const bodies = Array.from({ length: 30 }, (_, i) => Buffer.from(`Subject: ${i}\r\n\r\n${'x'.repeat(i * 100)}\r\n`));
+      const ids = await Promise.all(bodies.map((b) => enqueue([b])));
+      for (let i = 0; i < 5; i++) {
+        await new Promise((r) => setTimeout(r, 5));
+        const b = Buffer.from(`Subject: later ${i}\r\n\r\nbody\r\n`);
+        bodies.push(b);
+        ids.push(await enqueue([b]));
+      }
+      assert.equal(new Set(ids).size, ids.length);
+      for (const [i, id] of ids.entries()) {
+        assert.equal(await modeOf(id), COMMITTED_MODE);
+        assert.ok((await store.readMessage('incoming', id)).equals(bodies[i]!), `message ${i}`);
+      }
+      assert.equal((await store.list()).length, ids.length);
+    });
+
+    test('a message larger than memory holds streams into its reserved file and commits there', async () => {
+      await ready();
+      const first = (await names('incoming')).sort()[0];
+      const big = Buffer.alloc(700 * 1024);
+      for (let i = 0; i < big.length; i++) big[i] = (i * 13 + 5) & 0xff;
+      const w = await store.create(envelope);
+      assert.equal(w.id, first);
+      for (let i = 0; i < big.length; i += 65536) await w.write(big.subarray(i, i + 65536));
+      assert.equal(store.committed('incoming', w.id), false, 'not a message before commit');
+      await w.commit();
+      assert.equal(await modeOf(w.id), COMMITTED_MODE);
+      assert.deepEqual(await names('tmp'), []);
+      assert.ok((await store.readMessage('incoming', w.id)).equals(big));
+    });
+
+    test('abort removes the reserved file it took, even after streaming into it', async () => {
+      await ready();
+      const w = await store.create(envelope);
+      await w.write(Buffer.alloc(300 * 1024, 1));
+      await w.abort();
+      assert.ok(!(await names('incoming')).includes(w.id));
+      assert.deepEqual(await store.list(), []);
+    });
+
+    test('reserved files older than the limit are removed and not used; the message gets a fresh ID', async () => {
+      const s2 = new QueueStore(join(dir, 'spool'), { reservedMaxAgeMs: 0 });
+      await ready(s2);
+      const old = await names('incoming');
+      await new Promise((r) => setTimeout(r, 5));
+      const w = await s2.create(envelope);
+      await w.write(message);
+      await w.commit();
+      assert.ok(!old.includes(w.id));
+      assert.ok(w.id > old.sort().at(-1)!, 'the new ID sorts after the old ones');
+      await until('old ones removed', async () => (await names('incoming')).every((n) => !old.includes(n)));
+      assert.equal(await modeOf(w.id), COMMITTED_MODE);
+      await s2.stopReserving();
+    });
+
+    test('stopReserving removes the ready ones', async () => {
+      await ready();
+      await store.stopReserving();
+      assert.deepEqual(await names('incoming'), []);
+      // Ones still being made when it is called are removed once made, before it resolves.
+      store.useReserved();
+      await store.stopReserving();
+      assert.deepEqual(await names('incoming'), []);
+    });
+
+    test('recover keeps a reserved file that holds a whole message, and removes empty and torn ones', async () => {
+      const whole = await enqueue();
+      const torn = await enqueue();
+      const tornPath = store.path('incoming', torn);
+      const raw = await readFile(tornPath);
+      await writeFile(tornPath, raw.subarray(0, raw.length - 10));
+      // A body that does not match the end record's hash is torn too.
+      const bad = await enqueue([Buffer.from('Subject: a\r\n\r\nabc\r\n')]);
+      const badRaw = await readFile(store.path('incoming', bad));
+      const at = badRaw.indexOf('abc');
+      badRaw[at] = 0x7a;
+      await writeFile(store.path('incoming', bad), badRaw);
+      await writeFile(store.path('incoming', '0000000000000001'), '');
+      for (const id of [whole, torn, bad, '0000000000000001']) await chmod(store.path('incoming', id), RESERVED_MODE);
+      const committedOne = await enqueue();
+      const res = await new QueueStore(join(dir, 'spool')).recover();
+      assert.deepEqual(res.restored, [whole]);
+      assert.deepEqual(res.removed.sort(), [torn, bad].sort());
+      assert.deepEqual((await names('incoming')).sort(), [whole, committedOne].sort());
+      assert.equal(await modeOf(whole), COMMITTED_MODE);
+      assert.ok((await store.readMessage('incoming', whole)).equals(message));
+    });
+
+    test('recover removes the spare/ directory of earlier versions', async () => {
+      await mkdir(join(dir, 'spool', 'spare'));
+      await writeFile(join(dir, 'spool', 'spare', '123.1'), '');
+      await new QueueStore(join(dir, 'spool')).recover();
+      assert.ok(!(await readdir(join(dir, 'spool'))).includes('spare'));
+    });
   });
 
   test('a committed file starts with the magic line', async () => {
@@ -140,13 +254,13 @@ describe('QueueStore', () => {
     await writeFile(join(dir, 'spool', 'tmp', '0000000000000001'), 'partial');
     await writeFile(join(dir, 'spool', 'tmp', 'junk'), 'x');
     const id = await enqueue();
-    assert.deepEqual((await store.recover()).sort(), ['0000000000000001', 'junk']);
+    assert.deepEqual((await store.recover()).removed.sort(), ['0000000000000001', 'junk']);
     assert.deepEqual(await names('tmp'), []);
     assert.deepEqual(await names('incoming'), [id]);
   });
 
   test('recover on an empty tmp removes nothing', async () => {
-    assert.deepEqual(await store.recover(), []);
+    assert.deepEqual(await store.recover(), { removed: [], restored: [] });
   });
 
   test('appended state records show up in read, list and show, the last per recipient winning', async () => {

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
-// QueueStore: the spool directories, durable commit (fsync file, rename, fsync directory), state moves, reads.
+// QueueStore: the spool directories, durable commit (pre-made files in incoming/, or fsync file, rename, fsync
+// directory), state moves, reads.
 
 import { createHash, type Hash } from 'node:crypto';
 import { isAscii } from 'node:buffer';
-import { constants, promises as fsp, openSync, fsyncSync, fstatSync, ftruncateSync, closeSync, createReadStream, readSync, writevSync, writeSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, constants, promises as fsp, openSync, fsyncSync, fstatSync, ftruncateSync, closeSync, createReadStream, readSync, statSync, writevSync, writeSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DirSync } from './dirsync.ts';
+import { WritePacer } from './pacer.ts';
 import { createIdGenerator, QUEUE_ID } from './id.ts';
 import {
   CorruptQueueFile, endRecord, HEADER_SIZE, lengthsLine, MAGIC, parseHead, parseTail, stateLine,
@@ -17,10 +19,19 @@ import { invariant } from '../core/invariant.ts';
 /** Message states = directories under the queue root (besides tmp/ and private/). */
 export type MessageState = 'incoming' | 'active' | 'deferred' | 'hold' | 'corrupt';
 export const MESSAGE_STATES: readonly MessageState[] = ['incoming', 'active', 'deferred', 'hold', 'corrupt'];
-const ALL_DIRS = ['tmp', 'spare', ...MESSAGE_STATES, 'private'] as const;
-// Empty files cleanup opens ahead of need (spare/), so committing a message does not wait for a file to be
-// created: at most this many.
-export const SPARES = 4;
+const ALL_DIRS = ['tmp', ...MESSAGE_STATES, 'private'] as const;
+// Queue files cleanup makes ahead of need in incoming/ (reserved files): this many kept ready.
+export const RESERVED = 8;
+// A reserved file older than this is not used (its queue ID, made when the file was, would be too far from
+// the message's arrival for IDs to sort by time): it is removed and a fresh one made.
+const RESERVED_MAX_AGE_MS = 10_000;
+/**
+ * The mode bits of queue files. A reserved file in incoming/ is write-only until its message is durable in it;
+ * then it becomes readable: readers of incoming/ take only readable files (`committed`). Files that reach
+ * incoming/ by rename from tmp/ are complete already and are created readable.
+ */
+export const RESERVED_MODE = 0o200;
+export const COMMITTED_MODE = 0o600;
 
 // Writes are gathered up to this many bytes before one writev.
 const WRITE_BATCH = 256 * 1024;
@@ -51,9 +62,13 @@ export class QueueStore {
   readonly dir: string;
   private readonly nextId = createIdGenerator();
   private readonly dirSyncs = new Map<string, DirSync>();
+  private readonly reservedMaxAgeMs: number;
+  /** How each commit writes (synchronously when idle); shared by the store's writers. */
+  readonly pacer = new WritePacer();
 
-  constructor(dir: string) {
+  constructor(dir: string, opts: { reservedMaxAgeMs?: number } = {}) {
     this.dir = dir;
+    this.reservedMaxAgeMs = opts.reservedMaxAgeMs ?? RESERVED_MAX_AGE_MS;
   }
 
   /** Path of a state directory. */
@@ -67,68 +82,171 @@ export class QueueStore {
     for (const d of ALL_DIRS) await fsp.mkdir(join(this.dir, d), { recursive: true, mode });
   }
 
-  /** Crash recovery at start: removes tmp/* (never acknowledged); returns the IDs removed. Empties spare/. */
-  async recover(): Promise<string[]> {
-    for (const name of await fsp.readdir(this.path('spare')).catch(() => [] as string[])) await fsp.rm(join(this.path('spare'), name), { force: true });
+  /**
+   * Crash recovery when cleanup starts (the only writer of tmp/ and of reserved files). Removes tmp/* and the
+   * reserved files in incoming/ that hold no complete message: neither was ever acknowledged. A reserved file
+   * that does hold a complete message (the machine stopped after the message was durable but before its mode
+   * change reached the disk) may have been acknowledged: it is marked committed and kept. Returns the names
+   * removed and the IDs kept that way.
+   */
+  async recover(): Promise<{ removed: string[]; restored: string[] }> {
+    // spare/ of earlier versions held empty files only.
+    await fsp.rm(join(this.dir, 'spare'), { recursive: true, force: true }).catch(() => {});
     const removed: string[] = [];
+    const restored: string[] = [];
     for (const name of await fsp.readdir(this.path('tmp'))) {
       await fsp.rm(join(this.path('tmp'), name), { force: true });
       removed.push(name);
     }
     if (removed.length > 0) await this.syncDir('tmp');
-    return removed;
+    for (const name of await fsp.readdir(this.path('incoming'))) {
+      const path = this.path('incoming', name);
+      let st;
+      try {
+        st = statSync(path);
+      } catch {
+        continue;
+      }
+      if (!st.isFile() || (st.mode & 0o400) !== 0) continue;
+      let complete = false;
+      if (st.size > 0) {
+        try {
+          complete = await verifyQueueFile(path);
+        } catch {
+          /* torn: never acknowledged */
+        }
+      }
+      if (complete) {
+        chmodSync(path, COMMITTED_MODE);
+        restored.push(name);
+      } else {
+        rmSync(path, { force: true });
+        if (st.size > 0) removed.push(name);
+      }
+    }
+    return { removed, restored };
   }
-
-  /** Starts a new message with `envelope`; the returned writer owns tmp/ID until commit or abort. */
-  async create(envelope: Envelope, arrival = new Date()): Promise<QueueWriter> {
-    const id = this.nextId();
-    const full: QueueEnvelope = { id, arrival: arrival.toISOString(), ...envelope };
-    return new FileWriter(this, id, full);
-  }
-
-  // ---- spare files ------------------------------------------------------------------------------------
-  // A message small enough to be written at once is written at commit into a spare file — an empty file in
-  // spare/, created and opened beforehand — which is then renamed into incoming/ under the message's ID. So the
-  // file's creation (a hand-off to the thread pool and the file system's inode allocation) is off the path
-  // between the end of DATA and the 250. spare/ holds no mail: it is emptied at start.
-  private spares: { fh: fsp.FileHandle; path: string }[] = [];
-  private sparesOpening = 0;
-  private spareSeq = 0;
 
   /**
-   * A spare file, or null when none is ready (the caller creates its file itself). The caller refills
-   * (`refillSpares`) once its commit is durable: a file being created meanwhile (inode allocation) slowed the
-   * rename out of spare/ from ~30 µs to 150–200 µs at one session, and the fsyncs after it.
+   * Whether `id` in `state` is a message. Everything in the state directories is, except a reserved file in
+   * incoming/ that cleanup has not committed yet (still write-only).
    */
-  takeSpare(): { fh: fsp.FileHandle; path: string } | null {
-    return this.spares.pop() ?? null;
-  }
-
-  /** Spare files are used (cleanup, the one writer of the queue, turns this on). */
-  usesSpares = false;
-
-  /** Turns spare files on and opens the first ones. */
-  useSpares(): void {
-    this.usesSpares = true;
-    this.refillSpares();
-  }
-
-  /** Opens spare files in the background up to SPARES. */
-  refillSpares(): void {
-    while (this.spares.length + this.sparesOpening < SPARES) {
-      const path = join(this.path('spare'), `${process.pid}.${++this.spareSeq}`);
-      this.sparesOpening++;
-      fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600).then(
-        (fh) => {
-          this.sparesOpening--;
-          this.spares.push({ fh, path });
-        },
-        () => {
-          // No spare (full disk, no descriptors): commits create their files themselves meanwhile.
-          this.sparesOpening--;
-        },
-      );
+  committed(state: MessageState, id: string): boolean {
+    if (state !== 'incoming') return true;
+    try {
+      return (statSync(this.path(state, id)).mode & 0o400) !== 0;
+    } catch {
+      return false;
     }
+  }
+
+  /** Starts a new message with `envelope`; the returned writer owns its file until commit or abort. */
+  async create(envelope: Envelope, arrival = new Date()): Promise<QueueWriter> {
+    const reserved = this.usesReserved ? this.takeReserved() : null;
+    const id = reserved?.id ?? this.nextId();
+    const full: QueueEnvelope = { id, arrival: arrival.toISOString(), ...envelope };
+    return new FileWriter(this, id, full, reserved);
+  }
+
+  // ---- reserved files ----------------------------------------------------------------------------------
+  // Queue files made ahead of need, under their final name in incoming/: created write-only and O_DSYNC, and
+  // made durable there (the directory fsync, shared by all made meanwhile) before one is used. A new message
+  // takes one (its queue ID is the file's name); at the end of DATA the message is written into it with one
+  // write that returns once the disk has the data, and the file is made readable: committed. No file is
+  // created, renamed or directory-fsynced between the end of DATA and the 250, and no thread-pool hand-off is
+  // needed when cleanup is otherwise idle (WritePacer).
+  private reserved: Reserved[] = [];
+  private reserving = 0;
+  private readonly making = new Set<Promise<void>>();
+
+  /** Reserved files are used (cleanup, the one writer of the queue, turns this on). */
+  usesReserved = false;
+
+  /** Turns reserved files on and makes the first ones. */
+  useReserved(): void {
+    this.usesReserved = true;
+    this.refillReserved();
+  }
+
+  // The oldest ready reserved file, or null (none ready, or the ready ones have grown too old: those are
+  // removed and fresh ones made; this message's file is created the classic way meanwhile).
+  private takeReserved(): Reserved | null {
+    const r = this.reserved[0];
+    if (r === undefined) {
+      this.refillReserved();
+      return null;
+    }
+    if (Date.now() - r.made > this.reservedMaxAgeMs) {
+      this.dropReserved();
+      this.refillReserved();
+      return null;
+    }
+    return this.reserved.shift()!;
+  }
+
+  /** Makes reserved files in the background up to RESERVED ready. */
+  refillReserved(): void {
+    if (!this.usesReserved) return;
+    while (this.reserved.length + this.reserving < RESERVED) {
+      const id = this.nextId();
+      const path = this.path('incoming', id);
+      this.reserving++;
+      const made = this.reserve(id, path).finally(() => {
+        this.reserving--;
+        this.making.delete(made);
+      });
+      this.making.add(made);
+    }
+  }
+
+  private async reserve(id: string, path: string): Promise<void> {
+    let fh: fsp.FileHandle;
+    try {
+      // O_EXCL: an ID is never reused, even across writer processes.
+      fh = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DSYNC, RESERVED_MODE);
+    } catch {
+      // None made (full disk, no descriptors): commits create their files themselves meanwhile.
+      return;
+    }
+    try {
+      await this.syncDir('incoming');
+    } catch {
+      await fh.close().catch(() => {});
+      rmSync(path, { force: true });
+      return;
+    }
+    if (!this.usesReserved) {
+      await fh.close().catch(() => {});
+      rmSync(path, { force: true });
+      return;
+    }
+    // In ID order (they are made concurrently and become ready in any order): taken oldest first.
+    const r: Reserved = { fh, id, path, made: Date.now() };
+    let i = this.reserved.length;
+    while (i > 0 && this.reserved[i - 1]!.id > id) i--;
+    this.reserved.splice(i, 0, r);
+  }
+
+  /** Reserved files ready for use now. */
+  get reservedReady(): number {
+    return this.reserved.length;
+  }
+
+  /** Removes the ready reserved files (at shutdown; ones still being made are removed when done). */
+  dropReserved(): void {
+    const all = this.reserved;
+    this.reserved = [];
+    for (const r of all) {
+      void r.fh.close().catch(() => {});
+      rmSync(r.path, { force: true });
+    }
+  }
+
+  /** Stops making reserved files and removes them, the ones still being made once they are. */
+  async stopReserving(): Promise<void> {
+    this.usesReserved = false;
+    this.dropReserved();
+    await Promise.all([...this.making]);
   }
 
   /** Fsyncs a state directory, sharing one fsync among concurrent callers (group commit). */
@@ -181,7 +299,7 @@ export class QueueStore {
     for (const s of MESSAGE_STATES) {
       try {
         await fsp.access(this.path(s, id));
-        return s;
+        if (this.committed(s, id)) return s;
       } catch {
         /* not here */
       }
@@ -221,7 +339,7 @@ export class QueueStore {
           continue;
         }
         for (const id of names) {
-          if (!QUEUE_ID.test(id) || seen.has(id)) continue;
+          if (!QUEUE_ID.test(id) || seen.has(id) || !this.committed(s, id)) continue;
           try {
             seen.set(id, toEntry(id, s, await this.read(s, id)));
           } catch {
@@ -274,6 +392,16 @@ export async function readQueueFile(path: string): Promise<ParsedQueueFile> {
   }
 }
 
+/** Whether the file at `path` parses and its message matches the end record's SHA-256 (reads it whole). */
+export async function verifyQueueFile(path: string): Promise<boolean> {
+  const q = await readQueueFile(path);
+  const hash = createHash('sha256');
+  for await (const c of createReadStream(path, { start: q.messageOffset, end: q.messageOffset + Math.max(q.messageLength, 1) - 1 })) {
+    hash.update(c as Buffer);
+  }
+  return q.messageLength === 0 ? q.sha256 === createHash('sha256').digest('hex') : hash.digest('hex') === q.sha256;
+}
+
 /** Reads `buf.length` bytes at `position` (fewer only at end of file). */
 export function readFully(fd: number, buf: Buffer, position: number): number {
   let got = 0;
@@ -324,7 +452,15 @@ function toEntry(id: string, state: MessageState, q: ParsedQueueFile): QueueEntr
   };
 }
 
-// The writer uses synchronous writes and rename: on the page cache they take microseconds, and a hand-off to
+/** A reserved queue file: made in incoming/ under its ID, durable there, write-only until committed. */
+interface Reserved {
+  readonly fh: fsp.FileHandle;
+  readonly id: string;
+  readonly path: string;
+  readonly made: number;
+}
+
+// The writer uses synchronous writes and renames: on the page cache they take microseconds, and a hand-off to
 // libuv's thread pool per call cost more CPU (two context switches each) than the call itself. open, fsync
 // and close go through a FileHandle: Node's permission model refuses fsync on a bare descriptor.
 class FileWriter implements QueueWriter {
@@ -335,17 +471,21 @@ class FileWriter implements QueueWriter {
   private readonly hash: Hash = createHash('sha256');
   private pending: Buffer[] = [];
   private pendingBytes = 0;
+  // The reserved file this message goes into (incoming/ID), or null: then tmp/ID, renamed at commit.
+  private readonly reserved: Reserved | null;
+  // Where the message is streamed once it outgrows memory: tmp/ID, or a second, ordinary (not O_DSYNC)
+  // descriptor of the reserved file.
   private fh: fsp.FileHandle | null = null;
+  // The file is in incoming/ and complete: from here on a failure must not remove it.
+  private committed = false;
   private renamed = false;
-  // The spare file written instead of tmp/ID, if any.
-  private from: string | null = null;
-  private written = 0;
   private done = false;
   private eightBit = false;
 
-  constructor(store: QueueStore, id: string, envelope: QueueEnvelope) {
+  constructor(store: QueueStore, id: string, envelope: QueueEnvelope, reserved: Reserved | null) {
     this.store = store;
     this.id = id;
+    this.reserved = reserved;
     this.envJson = Buffer.from(JSON.stringify(envelope), 'utf8');
     this.pending.push(Buffer.from(MAGIC + lengthsLine(this.envJson.length, 0), 'latin1'), this.envJson, Buffer.from('\n'));
     this.pendingBytes = HEADER_SIZE + this.envJson.length + 1;
@@ -362,36 +502,24 @@ class FileWriter implements QueueWriter {
   }
 
   private async open(): Promise<number> {
-    // O_EXCL: an ID is never reused, even across writer processes.
-    if (this.fh === null) this.fh = await fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    if (this.fh === null) {
+      this.fh = this.reserved !== null
+        ? await fsp.open(this.reserved.path, constants.O_WRONLY)
+        // O_EXCL: an ID is never reused, even across writer processes.
+        : await fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, COMMITTED_MODE);
+    }
     return this.fh.fd;
   }
 
   private async flush(): Promise<void> {
-    this.flushTo(await this.open());
+    writeAllSync(await this.open(), this.takePending());
   }
 
-  private flushTo(fd: number): void {
+  private takePending(): Buffer[] {
     const bufs = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
-    let off = 0;
-    while (off < bufs.length) {
-      // writev takes at most IOV_MAX (1024) buffers per call.
-      let slice = bufs.slice(off, off + 1000);
-      off += slice.length;
-      let left = slice.reduce((n, b) => n + b.length, 0);
-      for (;;) {
-        const bytesWritten = writevSync(fd, slice);
-        this.written += bytesWritten;
-        left -= bytesWritten;
-        if (left === 0) break;
-        // A short write is not a bug: a filling disk writes what fits, and writing the rest then fails
-        // with the real error (ENOSPC), which the caller turns into 451 4.3.0.
-        invariant(bytesWritten > 0, 'writev made no progress');
-        slice = skipBytes(slice, bytesWritten);
-      }
-    }
+    return bufs;
   }
 
   async commit(): Promise<void> {
@@ -403,43 +531,85 @@ class FileWriter implements QueueWriter {
     const lengths = Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1');
     try {
       if (this.fh === null) {
-        // The whole message is still in memory (the common case): write it once, lengths already right, into a
-        // spare file when one is ready (else a new file in tmp/).
+        // The whole message is still in memory (the common case): written once, lengths already right.
         this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
-        const spare = this.store.usesSpares ? this.store.takeSpare() : null;
-        if (spare !== null) {
-          this.fh = spare.fh;
-          this.from = spare.path;
-          this.flushTo(spare.fh.fd);
-        } else await this.flush();
+        if (this.reserved !== null) await this.writeReserved(this.reserved);
+        else await this.flush();
       } else {
         await this.flush();
-        // Patch the message length into the fixed-width lengths line; the file is still private in tmp/.
+        // Patch the message length into the fixed-width lengths line; no reader takes the file yet.
         writeSync(this.fh.fd, lengths, 0, LENGTHS_SIZE_BYTES, MAGIC.length);
       }
-      const fh = this.fh!;
-      // Rename first, then fsync: the file's fsync commits its data and both directory entries in one
-      // journal transaction, so the directory fsync after it has nothing left to wait for (one disk commit
-      // per message instead of two). Readers see the whole file from the rename on (it is in the page cache);
-      // only a machine crash before the fsync could leave an incomplete incoming/ file, and such a file was
-      // never acknowledged: it fails the end-record check when read and is set aside in corrupt/.
-      renameSync(this.from ?? this.store.path('tmp', this.id), this.store.path('incoming', this.id));
-      this.renamed = true;
-      // Both fsyncs start after the rename, so together they make data and name durable; in parallel they
-      // wait for the same journal commit instead of two hand-offs in a row.
-      await Promise.all([fh.sync(), this.store.syncDir('incoming')]);
+      if (this.reserved !== null) {
+        // Streamed through the ordinary descriptor: one fsync makes data and size durable (the name is).
+        if (this.fh !== null) await this.fsyncTimed(this.fh);
+        chmodSync(this.reserved.path, COMMITTED_MODE);
+        this.committed = true;
+      } else {
+        const fh = this.fh!;
+        // Rename first, then fsync the file and incoming/ in parallel: together they make data and name
+        // durable, waiting for the same disk commit instead of two hand-offs in a row. Readers see the whole
+        // file from the rename on (it is in the page cache); only a machine crash before the fsyncs could
+        // leave an incomplete incoming/ file, and such a file was never acknowledged: it fails the end-record
+        // check when read and is set aside in corrupt/.
+        renameSync(this.store.path('tmp', this.id), this.store.path('incoming', this.id));
+        this.renamed = true;
+        this.store.pacer.asyncStart();
+        try {
+          await Promise.all([fh.sync(), this.store.syncDir('incoming')]);
+        } finally {
+          this.store.pacer.asyncDone(performance.now());
+        }
+        this.committed = true;
+      }
+      // Closing after a durable commit cannot lose anything, and the next reserved file is not needed before
+      // the next message: both hand-offs to the thread pool (a wake-up each) wait until the caller has sent
+      // its answer.
+      const handles = this.handles();
       this.fh = null;
-      // Closing after a successful fsync cannot lose anything, and a new spare is not needed before the next
-      // message: both hand-offs to the thread pool (a wake-up each) wait until the caller has sent its answer.
-      const refill = this.from !== null;
       setImmediate(() => {
-        if (refill) this.store.refillSpares();
-        fh.close().catch(() => {});
+        this.store.refillReserved();
+        for (const h of handles) h.close().catch(() => {});
       });
     } catch (e) {
       await this.cleanupAfterFailure();
       throw e;
     }
+  }
+
+  // Writes the whole message into the reserved file (O_DSYNC: durable when the write returns), synchronously
+  // when cleanup is idle, else on the thread pool so that other messages' writes overlap with it.
+  private async writeReserved(r: Reserved): Promise<void> {
+    const bufs = this.takePending();
+    const pacer = this.store.pacer;
+    const start = performance.now();
+    if (pacer.sync(start)) {
+      writeAllSync(r.fh.fd, bufs);
+      pacer.syncDone(start, performance.now());
+      return;
+    }
+    pacer.asyncStart();
+    try {
+      await writeAll(r.fh, bufs);
+    } finally {
+      pacer.asyncDone(performance.now());
+    }
+  }
+
+  private async fsyncTimed(fh: fsp.FileHandle): Promise<void> {
+    this.store.pacer.asyncStart();
+    try {
+      await fh.sync();
+    } finally {
+      this.store.pacer.asyncDone(performance.now());
+    }
+  }
+
+  private handles(): fsp.FileHandle[] {
+    const hs: fsp.FileHandle[] = [];
+    if (this.fh !== null) hs.push(this.fh);
+    if (this.reserved !== null) hs.push(this.reserved.fh);
+    return hs;
   }
 
   async abort(): Promise<void> {
@@ -449,13 +619,48 @@ class FileWriter implements QueueWriter {
   }
 
   private async cleanupAfterFailure(): Promise<void> {
-    if (this.fh !== null) {
-      await this.fh.close().catch(() => {});
-      this.fh = null;
+    for (const h of this.handles()) await h.close().catch(() => {});
+    this.fh = null;
+    if (this.committed) return;
+    // Never acknowledged: the file goes. After a failed fsync of a renamed file the message must not stay
+    // queued either (the client is told 4xx). A reserved file is still write-only, so no reader has it.
+    const path = this.reserved !== null ? this.reserved.path : this.renamed ? this.store.path('incoming', this.id) : this.store.path('tmp', this.id);
+    rmSync(path, { force: true });
+    this.store.refillReserved();
+  }
+}
+
+// Writes all of `bufs` at the descriptor's position. A short write is not a bug: a filling disk writes what
+// fits, and writing the rest then fails with the real error (ENOSPC), which the caller turns into 451 4.3.0.
+function writeAllSync(fd: number, bufs: readonly Buffer[]): void {
+  for (let off = 0; off < bufs.length; ) {
+    // writev takes at most IOV_MAX (1024) buffers per call.
+    let slice = bufs.slice(off, off + 1000);
+    off += slice.length;
+    let left = slice.reduce((n, b) => n + b.length, 0);
+    for (;;) {
+      const bytesWritten = writevSync(fd, slice);
+      left -= bytesWritten;
+      if (left === 0) break;
+      invariant(bytesWritten > 0, 'writev made no progress');
+      slice = skipBytes(slice, bytesWritten);
     }
-    if (this.from !== null) this.store.refillSpares();
-    // A failed fsync after the rename: the message must not stay queued, the client is told 4xx.
-    rmSync(this.renamed ? this.store.path('incoming', this.id) : (this.from ?? this.store.path('tmp', this.id)), { force: true });
+  }
+}
+
+// The same on the thread pool.
+async function writeAll(fh: fsp.FileHandle, bufs: readonly Buffer[]): Promise<void> {
+  for (let off = 0; off < bufs.length; ) {
+    let slice = bufs.slice(off, off + 1000);
+    off += slice.length;
+    let left = slice.reduce((n, b) => n + b.length, 0);
+    for (;;) {
+      const { bytesWritten } = await fh.writev(slice);
+      left -= bytesWritten;
+      if (left === 0) break;
+      invariant(bytesWritten > 0, 'writev made no progress');
+      slice = skipBytes(slice, bytesWritten);
+    }
   }
 }
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { connect } from 'node:net';
 import { childProcesses, startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf, summary } from '../support/smtp-client.ts';
-import { KEEP_QUEUED, queuedIds, readQueued, splitReceived, spoolFiles } from '../support/queue.ts';
+import { KEEP_QUEUED, partialFiles, queuedIds, readQueued, splitReceived, spoolFiles } from '../support/queue.ts';
 import { startSmtpPeer, type SmtpPeer } from '../support/smtp-server.ts';
 import { parseDsn, waitMaildir } from '../support/mailbox.ts';
 
@@ -76,24 +76,25 @@ describe('kill -9 of cleanup', () => {
     }
   });
 
-  test('in the middle of DATA: no 250, and no partial file in tmp/ or the queue once cleanup is back', async () => {
+  test('in the middle of DATA: no 250, and no partial file in tmp/, incoming/ or the queue once cleanup is back', async () => {
     const queuedBefore = queuedIds(p.spool);
     const c = await openSession(p.port);
     try {
       await c.ok('MAIL FROM:<a@example.com>');
       await c.ok('RCPT TO:<user@mx.test>');
       await c.ok('DATA', 354);
-      // Enough body that cleanup has opened its tmp/ file (it writes in 256 KiB batches).
+      // Enough body that cleanup has begun writing its file (it writes in 256 KiB batches): its reserved file
+      // in incoming/, or tmp/ID when none was ready.
       const line = 'd'.repeat(998) + '\r\n';
       c.write('Subject: crash\r\n\r\n' + line.repeat(600));
-      await waitFor('a partial file in tmp/', () => (spoolFiles(p.spool, 'tmp').length > 0 ? true : undefined));
+      await waitFor('a partial file', () => (partialFiles(p.spool).length > 0 ? true : undefined));
       const killed = await killCleanup(p);
       c.write(line.repeat(10) + '.\r\n');
       // 451 4.3.0 once the data is read, or a closed connection: never 250.
       const r = await c.read(15_000);
       if (r !== null) assert.equal(summary(r), '451 4.3.0', `got ${r.lines.join(' | ')}`);
       await killed.fresh();
-      await waitFor('tmp/ to be emptied by recovery', () => (spoolFiles(p.spool, 'tmp').length === 0 ? true : undefined));
+      await waitFor('the partial file to be removed by recovery', () => (partialFiles(p.spool).length === 0 ? true : undefined));
       assert.deepEqual(queuedIds(p.spool), queuedBefore);
       await p.waitLog((l) => l.event === 'recovered-partial', 10_000); // the new cleanup says what it removed
     } finally {

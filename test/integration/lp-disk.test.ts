@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf, summary, type SmtpClient } from '../support/smtp-client.ts';
 import { startSmtpPeer, type SmtpPeer } from '../support/smtp-server.ts';
-import { KEEP_QUEUED, queuedIds, readQueued, spoolFiles } from '../support/queue.ts';
+import { KEEP_QUEUED, partialFiles, queuedIds, readQueued, spoolFiles } from '../support/queue.ts';
 
 const IN_CI = !['', '0', 'false'].includes((process.env.CI ?? '').toLowerCase());
 const MiB = 1024 * 1024;
@@ -211,7 +211,7 @@ describe('ENOSPC in the middle of a message (min_free_space = 0)', { skip: SKIP 
     const big = Buffer.from('Subject: too big for the disk\r\n\r\n' + line.repeat(1024));
     const r = await send(p.port, 'user@mx.test', big);
     assert.ok(['451 4.3.0', '452 4.3.1'].includes(r.code), `got ${r.code}`);
-    await waitFor('tmp/ empty', () => (spoolFiles(p.spool, 'tmp').length === 0 ? true : undefined), 5000);
+    await waitFor('no partial file (tmp/ or a reserved file)', () => (partialFiles(p.spool).length === 0 ? true : undefined), 5000);
     assert.deepEqual(spoolFiles(p.spool, 'incoming'), []);
     assert.deepEqual(queuedIds(p.spool), [earlier.qid]);
     const q = await readQueued(p.spool, earlier.qid!);

@@ -217,7 +217,7 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
       return { mode: (st.mode & 0o7777).toString(8), uid: st.uid, gid: st.gid };
     };
     assert.deepEqual(mode(p.spool), { mode: '710', uid: user, gid: group });
-    for (const d of ['tmp', 'spare', 'incoming', 'active', 'deferred', 'hold', 'corrupt']) {
+    for (const d of ['tmp', 'incoming', 'active', 'deferred', 'hold', 'corrupt']) {
       assert.deepEqual({ ...mode(join(p.spool, d)), gid: undefined }, { mode: '700', uid: user, gid: undefined }, d);
     }
     assert.deepEqual(mode(join(p.spool, 'private')), { mode: '710', uid: user, gid: group });

@@ -5,9 +5,10 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startPalisade, type Running } from '../support/palisade.ts';
+import { startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf } from '../support/smtp-client.ts';
 import { KEEP_QUEUED, readQueued, splitReceived } from '../support/queue.ts';
 
@@ -147,6 +148,75 @@ describe('queued messages', () => {
       assert.ok(splitReceived(q.message).rest.equals(Buffer.from(chunks.join(''))), 'same bytes');
     } finally {
       c.close();
+    }
+  });
+});
+
+// cleanup keeps queue files ready in incoming/ (reserved, write-only until a message is committed in them):
+// nobody may take them for messages.
+describe('reserved queue files', () => {
+  let p: Running;
+  before(async () => {
+    p = await startPalisade({
+      workers: 1,
+      toml: `
+[transport]
+"*" = "lmtp:unix:/nonexistent-palisade-test/lmtp.sock"
+"mx.test" = "lmtp:unix:/nonexistent-palisade-test/lmtp.sock"
+[queue]
+scan_interval = "100ms"
+retry_min = "1h"
+retry_max = "1h"
+`,
+    });
+  });
+  after(async () => {
+    assert.equal(await p.stop(), 0);
+  });
+
+  const reserved = () => readdirSync(join(p.spool, 'incoming')).filter((n) => (statSync(join(p.spool, 'incoming', n)).mode & 0o400) === 0);
+
+  test('sit write-only in incoming/, are not listed, shown or taken by the queue manager, and become messages', async () => {
+    const ready = await waitFor('reserved files in incoming/', () => (reserved().length > 0 ? reserved() : undefined));
+    for (const id of ready) assert.equal(statSync(join(p.spool, 'incoming', id)).mode & 0o777, 0o200);
+    const list = await p.cli(['queue', 'list', '--json']);
+    assert.equal(list.code, 0, list.stderr);
+    assert.deepEqual(JSON.parse(list.stdout), []);
+    const show = await p.cli(['queue', 'show', ready[0]!]);
+    assert.notEqual(show.code, 0, 'a reserved file is not a message');
+    // Ten scans of incoming/ later they are still there, untouched, and nothing went to corrupt/.
+    for (let i = 0; i < 10; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(readdirSync(join(p.spool, 'corrupt')), []);
+    }
+    for (const id of ready) assert.ok(existsSync(join(p.spool, 'incoming', id)), `${id} still reserved`);
+    // The next message takes the oldest ready one as its queue ID and is committed (readable) in it.
+    const c = await openSession(p.port);
+    let id: string;
+    try {
+      await c.ok('MAIL FROM:<a@example.com>', 250);
+      await c.ok('RCPT TO:<user@mx.test>', 250);
+      await c.ok('DATA', 354);
+      c.write('Subject: reserved\r\n\r\nbody\r\n.\r\n');
+      id = queueIdOf(await c.expect(250, '2.0.0'));
+    } finally {
+      c.close();
+    }
+    assert.ok(ready.includes(id), `${id} was one of the reserved files`);
+    const q = await readQueued(p.spool, id);
+    assert.ok(splitReceived(q.message).rest.toString('latin1').endsWith('body\r\n'));
+    assert.deepEqual(readdirSync(join(p.spool, 'corrupt')), []);
+  });
+
+  test('a clean stop removes the ready ones', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'palisade-test-'));
+    try {
+      const q = await startPalisade({ workers: 1, dir });
+      await waitFor('reserved files', () => (readdirSync(join(q.spool, 'incoming')).length > 0 ? true : undefined));
+      assert.equal(await q.stop(), 0);
+      assert.deepEqual(readdirSync(join(q.spool, 'incoming')), []);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Queue helpers for integration tests: read what Palisade wrote to its spool, the way qmgr and the CLI do.
 
-import { readdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { QueueStore, type MessageState, type ParsedQueueFile } from '../../src/queue/index.ts';
 
@@ -23,13 +23,47 @@ retry_max = "1h"
 workers = 1
 `;
 
-/** File names in one spool directory (tmp, incoming, active ...); [] when it does not exist. */
+/**
+ * File names in one spool directory (tmp, incoming, active ...); [] when it does not exist. In incoming/ only
+ * messages: cleanup's reserved files (write-only until a message is committed in them) are left out.
+ */
 export function spoolFiles(spool: string, dir: MessageState | 'tmp'): string[] {
   try {
-    return readdirSync(join(spool, dir)).sort();
+    const names = readdirSync(join(spool, dir)).sort();
+    return dir === 'incoming' ? names.filter((n) => isCommitted(join(spool, dir, n))) : names;
   } catch {
     return [];
   }
+}
+
+function isCommitted(path: string): boolean {
+  try {
+    return (statSync(path).mode & 0o400) !== 0;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Files holding part of a message that was never committed: anything in tmp/, and reserved files in incoming/
+ * that a message has begun to stream into (not readable yet, not empty).
+ */
+export function partialFiles(spool: string): string[] {
+  const reserved = (() => {
+    try {
+      return readdirSync(join(spool, 'incoming')).filter((n) => {
+        try {
+          const st = statSync(join(spool, 'incoming', n));
+          return (st.mode & 0o400) === 0 && st.size > 0;
+        } catch {
+          return false;
+        }
+      });
+    } catch {
+      return [];
+    }
+  })();
+  return [...spoolFiles(spool, 'tmp'), ...reserved].sort();
 }
 
 /** IDs of every message in the queue's state directories (not tmp/). */

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPalisade } from '../../support/palisade.ts';
+import { spoolFiles } from '../../support/queue.ts';
 import { childrenOf, signal, sleep, waitFor } from '../../support/net.ts';
 import { listQueued, removeDir, requirePeers, runPeer, skipWithoutPeers, tempDir } from '../../support/peers.ts';
 import { SMTP_SINK, startSmtpSink } from '../../support/smtp-sink.ts';
@@ -41,17 +42,9 @@ function sourceBodyLf(length: number): string {
   return (b.toString('latin1') + '\r\n').replace(/\r\n/g, '\n');
 }
 
-/** Messages in incoming/, active/, deferred/ and hold/ (directory entries only: cheap enough to poll). */
+/** Messages in incoming/, active/, deferred/ and hold/ (cleanup's reserved files in incoming/ are not messages). */
 function queuedCount(spool: string): number {
-  let n = 0;
-  for (const s of ['incoming', 'active', 'deferred', 'hold']) {
-    try {
-      n += readdirSync(join(spool, s)).length;
-    } catch {
-      /* not created yet */
-    }
-  }
-  return n;
+  return (['incoming', 'active', 'deferred', 'hold'] as const).reduce((n, s) => n + spoolFiles(spool, s).length, 0);
 }
 
 test(`crash safety: ${MESSAGES} messages through Palisade to smtp-sink while qmgr and delivery agents are killed with SIGKILL`, { skip, timeout: 120_000 }, async (t) => {

@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: MIT
+// Unit tests for WritePacer: synchronous durable writes only when cleanup was idle.
+
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { WritePacer } from './pacer.ts';
+
+describe('WritePacer', () => {
+  test('the first write of an idle process is synchronous', () => {
+    assert.equal(new WritePacer().sync(0), true);
+  });
+
+  test('a write right after the last one ended goes to the pool; after a pause it is synchronous again', () => {
+    const p = new WritePacer();
+    p.syncDone(10, 10.3);
+    assert.equal(p.sync(10.4), false, '0.1 ms after a 0.3 ms write');
+    assert.equal(p.sync(12), true, 'well after it');
+  });
+
+  test('never synchronous while an asynchronous write is in flight', () => {
+    const p = new WritePacer();
+    p.asyncStart();
+    assert.equal(p.sync(1000), false);
+    p.asyncDone(1000);
+    assert.equal(p.sync(1000.1), false, 'just ended');
+    assert.equal(p.sync(1010), true);
+  });
+
+  test('the idle gap it asks for follows how long synchronous writes take', () => {
+    const p = new WritePacer();
+    // A slow disk: 5 ms per write.
+    for (let t = 0; t < 200; t += 20) p.syncDone(t, t + 5);
+    assert.equal(p.sync(185 + 6), false, '6 ms idle is not enough when writes take about 5 ms');
+    assert.equal(p.sync(185 + 11), true);
+  });
+});

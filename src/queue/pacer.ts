@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: MIT
+// WritePacer: chooses how cleanup makes a message durable. A synchronous write to an O_DSYNC file returns
+// once the disk has it, with no hand-off to libuv's thread pool (two wake-ups fewer on the way to the 250),
+// but it stops the whole process for the disk's latency. That is free only when nothing else was waiting.
+
+/** Synchronous when cleanup is idle, asynchronous (thread pool, writes overlap) when it is busy. */
+export class WritePacer {
+  // End of the last durable write (ms, performance.now()), and a running mean of synchronous write times.
+  private lastEnd = Number.NEGATIVE_INFINITY;
+  private syncMs = 0.25;
+  private inFlight = 0;
+
+  /**
+   * True = write synchronously now. Only when no asynchronous write is in flight and the time since the last
+   * write ended is more than twice what a synchronous write has been taking: a process that was idle that
+   * long had nothing queued behind this write. Under load writes come back to back and go to the pool.
+   */
+  sync(now: number): boolean {
+    return this.inFlight === 0 && now - this.lastEnd > 2 * this.syncMs;
+  }
+
+  /** A synchronous write from `start` to `end` (ms). */
+  syncDone(start: number, end: number): void {
+    this.syncMs = this.syncMs * 0.8 + (end - start) * 0.2;
+    this.lastEnd = end;
+  }
+
+  /** An asynchronous write begins. */
+  asyncStart(): void {
+    this.inFlight++;
+  }
+
+  /** An asynchronous write ended (successfully or not) at `end`. */
+  asyncDone(end: number): void {
+    this.inFlight--;
+    this.lastEnd = end;
+  }
+}
