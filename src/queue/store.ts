@@ -72,7 +72,7 @@ export class QueueStore {
   }
 
   /** Path of a state directory. */
-  path(state: MessageState | 'tmp' | 'spare' | 'private', id?: string): string {
+  path(state: MessageState | 'tmp' | 'private', id?: string): string {
     return id === undefined ? join(this.dir, state) : join(this.dir, state, id);
   }
 
