@@ -52,6 +52,14 @@ interface Worker {
 /** Starts Palisade; resolves with the exit code once it has stopped. */
 export async function runMaster(deps: MasterDeps, initial: Config): Promise<number> {
   const log = deps.log;
+  // A stop signal during start-up is kept and acted on once the children are up (the default action would
+  // kill master alone and leave them to notice the lost channel).
+  let earlySignal: NodeJS.Signals | null = null;
+  const onEarlySignal = (sig: NodeJS.Signals) => {
+    earlySignal ??= sig;
+  };
+  process.on('SIGTERM', onEarlySignal);
+  process.on('SIGINT', onEarlySignal);
   closeInheritedFds();
   let cfg = initial;
   const store = new QueueStore(cfg.queue.dir);
@@ -421,8 +429,6 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 
   writeFileSync(pidFile, `${process.pid}\n`);
   const control = await serveControl(controlPath, ids, (cmd) => handleControl(cmd));
-  log.child({}, { level: 'info' }).info({ event: 'ready', listeners: { smtp: handles.map((h) => h.display) }, workers: workerCount, queue: cfg.queue.dir });
-
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => (resolveDone = r));
 
@@ -510,6 +516,11 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGHUP', () => void reload());
+  process.off('SIGTERM', onEarlySignal);
+  process.off('SIGINT', onEarlySignal);
+  // Only now: whoever waits for the ready line may signal at once, and the handlers are in place.
+  log.child({}, { level: 'info' }).info({ event: 'ready', listeners: { smtp: handles.map((h) => h.display) }, workers: workerCount, queue: cfg.queue.dir });
+  if (earlySignal !== null) void shutdown(earlySignal);
   return done;
 }
 

@@ -30,3 +30,10 @@ test('accepts a message for a local user, delivers it into the Maildir, and stop
     assert.equal(await p.stop(), 0);
   }
 });
+
+test('SIGTERM the moment the ready line is out: master drains and exits 0 every time', async () => {
+  for (let i = 0; i < 5; i++) {
+    const p = await startPalisade({ workers: 1 });
+    assert.equal(await p.stop(), 0, `stop ${i + 1}`);
+  }
+});
