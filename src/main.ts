@@ -159,9 +159,10 @@ async function runCleanup(init: InitMessage): Promise<void> {
   const store = new QueueStore(cfg.queue.dir);
   // The only writer of tmp/ and of reserved files: whatever of theirs holds no complete message was never
   // acknowledged.
-  const { removed, restored } = await store.recover();
+  const { removed, restored, unreadable } = await store.recover();
   for (const id of removed) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
   for (const id of restored) log.warn({ event: 'recovered-complete', qid: id, action: 'kept' });
+  for (const id of unreadable) log.error({ event: 'recovery-error', qid: id, action: 'left', reason: 'reserved file could not be read' });
   store.useReserved();
   // Commit notices go to qmgr (through master) in batches: one message per NOTICE_BATCH_MS, not one per mail.
   let committed: string[] = [];

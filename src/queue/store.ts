@@ -4,8 +4,9 @@
 
 import { createHash, type Hash } from 'node:crypto';
 import { isAscii } from 'node:buffer';
-import { chmodSync, constants, promises as fsp, openSync, fsyncSync, fstatSync, ftruncateSync, closeSync, createReadStream, readSync, statSync, writevSync, writeSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, constants, open as openCb, promises as fsp, openSync, writev as writevCb, fsyncSync, fstatSync, ftruncateSync, closeSync, createReadStream, readSync, statSync, writevSync, writeSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { DirSync } from './dirsync.ts';
 import { WritePacer } from './pacer.ts';
 import { createIdGenerator, QUEUE_ID } from './id.ts';
@@ -25,6 +26,7 @@ export const RESERVED = 8;
 // A reserved file older than this is not used (its queue ID, made when the file was, would be too far from
 // the message's arrival for IDs to sort by time): it is removed and a fresh one made.
 const RESERVED_MAX_AGE_MS = 10_000;
+const QUIET_RESERVED = 2;
 /**
  * The mode bits of queue files. A reserved file in incoming/ is write-only until its message is durable in it;
  * then it becomes readable: readers of incoming/ take only readable files (`committed`). Files that reach
@@ -32,6 +34,13 @@ const RESERVED_MAX_AGE_MS = 10_000;
  */
 export const RESERVED_MODE = 0o200;
 export const COMMITTED_MODE = 0o600;
+// A reserved file recovery is checking: readable by its owner so it can be, not yet a message.
+const VERIFYING_MODE = 0o400;
+
+/** A file in incoming/ is a message when its owner may both read and write it. */
+export function isCommittedMode(mode: number): boolean {
+  return (mode & 0o600) === 0o600;
+}
 
 // Writes are gathered up to this many bytes before one writev.
 const WRITE_BATCH = 256 * 1024;
@@ -86,14 +95,16 @@ export class QueueStore {
    * Crash recovery when cleanup starts (the only writer of tmp/ and of reserved files). Removes tmp/* and the
    * reserved files in incoming/ that hold no complete message: neither was ever acknowledged. A reserved file
    * that does hold a complete message (the machine stopped after the message was durable but before its mode
-   * change reached the disk) may have been acknowledged: it is marked committed and kept. Returns the names
-   * removed and the IDs kept that way.
+   * change reached the disk) may have been acknowledged: it is marked committed and kept. One that cannot be
+   * read (an I/O error) is left as it is, still not a message, and tried again at the next start. Returns the
+   * names removed, the IDs kept that way, and the ones left.
    */
-  async recover(): Promise<{ removed: string[]; restored: string[] }> {
+  async recover(): Promise<{ removed: string[]; restored: string[]; unreadable: string[] }> {
     // spare/ of earlier versions held empty files only.
     await fsp.rm(join(this.dir, 'spare'), { recursive: true, force: true }).catch(() => {});
     const removed: string[] = [];
     const restored: string[] = [];
+    const unreadable: string[] = [];
     for (const name of await fsp.readdir(this.path('tmp'))) {
       await fsp.rm(join(this.path('tmp'), name), { force: true });
       removed.push(name);
@@ -107,13 +118,20 @@ export class QueueStore {
       } catch {
         continue;
       }
-      if (!st.isFile() || (st.mode & 0o400) !== 0) continue;
+      if (!st.isFile() || isCommittedMode(st.mode)) continue;
       let complete = false;
       if (st.size > 0) {
         try {
+          // Readable by its owner (cleanup's user) so it can be checked, still not a message: a crash now
+          // leaves it for the next start.
+          chmodSync(path, VERIFYING_MODE);
           complete = await verifyQueueFile(path);
-        } catch {
-          /* torn: never acknowledged */
+        } catch (e) {
+          // A file that does not parse is torn (never acknowledged); one that cannot be read is kept.
+          if (!(e instanceof CorruptQueueFile)) {
+            unreadable.push(name);
+            continue;
+          }
         }
       }
       if (complete) {
@@ -124,7 +142,7 @@ export class QueueStore {
         if (st.size > 0) removed.push(name);
       }
     }
-    return { removed, restored };
+    return { removed, restored, unreadable };
   }
 
   /**
@@ -134,7 +152,7 @@ export class QueueStore {
   committed(state: MessageState, id: string): boolean {
     if (state !== 'incoming') return true;
     try {
-      return (statSync(this.path(state, id)).mode & 0o400) !== 0;
+      return isCommittedMode(statSync(this.path(state, id)).mode);
     } catch {
       return false;
     }
@@ -157,6 +175,9 @@ export class QueueStore {
   // needed when cleanup is otherwise idle (WritePacer).
   private reserved: Reserved[] = [];
   private reserving = 0;
+  // How many to keep ready: RESERVED while mail flows; a few after a quiet spell, when the ready ones had
+  // grown too old to use (then each message would otherwise replace all of them).
+  private reserveTarget = RESERVED;
   private readonly making = new Set<Promise<void>>();
 
   /** Reserved files are used (cleanup, the one writer of the queue, turns this on). */
@@ -178,16 +199,22 @@ export class QueueStore {
     }
     if (Date.now() - r.made > this.reservedMaxAgeMs) {
       this.dropReserved();
+      this.reserveTarget = QUIET_RESERVED;
       this.refillReserved();
       return null;
     }
+    this.reserveTarget = RESERVED;
     return this.reserved.shift()!;
   }
 
-  /** Makes reserved files in the background up to RESERVED ready. */
+  /**
+   * Makes reserved files in the background up to RESERVED ready, once half of them are used: made in batches,
+   * they share one directory fsync (a thread-pool hand-off and a disk flush) instead of one each.
+   */
   refillReserved(): void {
-    if (!this.usesReserved) return;
-    while (this.reserved.length + this.reserving < RESERVED) {
+    const target = this.reserveTarget;
+    if (!this.usesReserved || this.reserved.length + this.reserving > target / 2) return;
+    while (this.reserved.length + this.reserving < target) {
       const id = this.nextId();
       const path = this.path('incoming', id);
       this.reserving++;
@@ -200,28 +227,31 @@ export class QueueStore {
   }
 
   private async reserve(id: string, path: string): Promise<void> {
-    let fh: fsp.FileHandle;
+    let fd: number;
     try {
-      // O_EXCL: an ID is never reused, even across writer processes.
-      fh = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DSYNC, RESERVED_MODE);
+      // O_EXCL: an ID is never reused, even across writer processes. Created on the thread pool (an inode
+      // allocation can take a while); a bare descriptor, closed synchronously later: nothing is fsynced
+      // through it (O_DSYNC writes), so it needs no FileHandle, and closing it needs no hand-off.
+      fd = await openFd(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DSYNC, RESERVED_MODE);
     } catch {
       // None made (full disk, no descriptors): commits create their files themselves meanwhile.
       return;
     }
-    try {
-      await this.syncDir('incoming');
-    } catch {
-      await fh.close().catch(() => {});
-      rmSync(path, { force: true });
-      return;
+    let ok = this.usesReserved;
+    if (ok) {
+      try {
+        await this.syncDir('incoming');
+      } catch {
+        ok = false;
+      }
     }
-    if (!this.usesReserved) {
-      await fh.close().catch(() => {});
+    if (!ok || !this.usesReserved) {
+      closeQuietly(fd);
       rmSync(path, { force: true });
       return;
     }
     // In ID order (they are made concurrently and become ready in any order): taken oldest first.
-    const r: Reserved = { fh, id, path, made: Date.now() };
+    const r: Reserved = { fd, id, path, made: Date.now() };
     let i = this.reserved.length;
     while (i > 0 && this.reserved[i - 1]!.id > id) i--;
     this.reserved.splice(i, 0, r);
@@ -237,7 +267,7 @@ export class QueueStore {
     const all = this.reserved;
     this.reserved = [];
     for (const r of all) {
-      void r.fh.close().catch(() => {});
+      closeQuietly(r.fd);
       rmSync(r.path, { force: true });
     }
   }
@@ -454,7 +484,7 @@ function toEntry(id: string, state: MessageState, q: ParsedQueueFile): QueueEntr
 
 /** A reserved queue file: made in incoming/ under its ID, durable there, write-only until committed. */
 interface Reserved {
-  readonly fh: fsp.FileHandle;
+  readonly fd: number;
   readonly id: string;
   readonly path: string;
   readonly made: number;
@@ -503,10 +533,18 @@ class FileWriter implements QueueWriter {
 
   private async open(): Promise<number> {
     if (this.fh === null) {
-      this.fh = this.reserved !== null
-        ? await fsp.open(this.reserved.path, constants.O_WRONLY)
+      const path = this.reserved !== null ? this.reserved.path : this.store.path('tmp', this.id);
+      const fh = this.reserved !== null
+        ? await fsp.open(path, constants.O_WRONLY)
         // O_EXCL: an ID is never reused, even across writer processes.
-        : await fsp.open(this.store.path('tmp', this.id), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, COMMITTED_MODE);
+        : await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, COMMITTED_MODE);
+      if (this.aborted) {
+        // Aborted while the file was being opened: the abort could not remove what did not exist yet.
+        await fh.close().catch(() => {});
+        rmSync(path, { force: true });
+        throw new Error('message aborted');
+      }
+      this.fh = fh;
     }
     return this.fh.fd;
   }
@@ -562,14 +600,14 @@ class FileWriter implements QueueWriter {
         }
         this.committed = true;
       }
-      // Closing after a durable commit cannot lose anything, and the next reserved file is not needed before
-      // the next message: both hand-offs to the thread pool (a wake-up each) wait until the caller has sent
-      // its answer.
-      const handles = this.handles();
+      // Closing after a durable commit cannot lose anything, and the next reserved files are not needed
+      // before the next message: both wait until the caller has sent its answer.
+      const fh = this.fh;
       this.fh = null;
       setImmediate(() => {
+        this.closeReserved();
         this.store.refillReserved();
-        for (const h of handles) h.close().catch(() => {});
+        fh?.close().catch(() => {});
       });
     } catch (e) {
       await this.cleanupAfterFailure();
@@ -584,13 +622,13 @@ class FileWriter implements QueueWriter {
     const pacer = this.store.pacer;
     const start = performance.now();
     if (pacer.sync(start)) {
-      writeAllSync(r.fh.fd, bufs);
+      writeAllSync(r.fd, bufs);
       pacer.syncDone(start, performance.now());
       return;
     }
     pacer.asyncStart();
     try {
-      await writeAll(r.fh, bufs);
+      await writeAll(r.fd, bufs);
     } finally {
       pacer.asyncDone(performance.now());
     }
@@ -605,21 +643,26 @@ class FileWriter implements QueueWriter {
     }
   }
 
-  private handles(): fsp.FileHandle[] {
-    const hs: fsp.FileHandle[] = [];
-    if (this.fh !== null) hs.push(this.fh);
-    if (this.reserved !== null) hs.push(this.reserved.fh);
-    return hs;
+  private reservedClosed = false;
+
+  private closeReserved(): void {
+    if (this.reserved === null || this.reservedClosed) return;
+    this.reservedClosed = true;
+    closeQuietly(this.reserved.fd);
   }
+
+  private aborted = false;
 
   async abort(): Promise<void> {
     if (this.done) return;
     this.done = true;
+    this.aborted = true;
     await this.cleanupAfterFailure();
   }
 
   private async cleanupAfterFailure(): Promise<void> {
-    for (const h of this.handles()) await h.close().catch(() => {});
+    this.closeReserved();
+    await this.fh?.close().catch(() => {});
     this.fh = null;
     if (this.committed) return;
     // Never acknowledged: the file goes. After a failed fsync of a renamed file the message must not stay
@@ -649,18 +692,29 @@ function writeAllSync(fd: number, bufs: readonly Buffer[]): void {
 }
 
 // The same on the thread pool.
-async function writeAll(fh: fsp.FileHandle, bufs: readonly Buffer[]): Promise<void> {
+async function writeAll(fd: number, bufs: readonly Buffer[]): Promise<void> {
   for (let off = 0; off < bufs.length; ) {
     let slice = bufs.slice(off, off + 1000);
     off += slice.length;
     let left = slice.reduce((n, b) => n + b.length, 0);
     for (;;) {
-      const { bytesWritten } = await fh.writev(slice);
+      const { bytesWritten } = await writevFd(fd, slice);
       left -= bytesWritten;
       if (left === 0) break;
       invariant(bytesWritten > 0, 'writev made no progress');
       slice = skipBytes(slice, bytesWritten);
     }
+  }
+}
+
+const openFd = promisify(openCb) as (path: string, flags: number, mode: number) => Promise<number>;
+const writevFd = promisify(writevCb) as unknown as (fd: number, bufs: readonly Buffer[]) => Promise<{ bytesWritten: number }>;
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already closed */
   }
 }
 

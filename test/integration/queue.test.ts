@@ -174,7 +174,7 @@ retry_max = "1h"
     assert.equal(await p.stop(), 0);
   });
 
-  const reserved = () => readdirSync(join(p.spool, 'incoming')).filter((n) => (statSync(join(p.spool, 'incoming', n)).mode & 0o400) === 0);
+  const reserved = () => readdirSync(join(p.spool, 'incoming')).filter((n) => (statSync(join(p.spool, 'incoming', n)).mode & 0o600) !== 0o600);
 
   test('sit write-only in incoming/, are not listed, shown or taken by the queue manager, and become messages', async () => {
     const ready = await waitFor('reserved files in incoming/', () => (reserved().length > 0 ? reserved() : undefined));

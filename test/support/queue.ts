@@ -38,7 +38,7 @@ export function spoolFiles(spool: string, dir: MessageState | 'tmp'): string[] {
 
 function isCommitted(path: string): boolean {
   try {
-    return (statSync(path).mode & 0o400) !== 0;
+    return (statSync(path).mode & 0o600) === 0o600;
   } catch {
     return false;
   }
@@ -54,7 +54,7 @@ export function partialFiles(spool: string): string[] {
       return readdirSync(join(spool, 'incoming')).filter((n) => {
         try {
           const st = statSync(join(spool, 'incoming', n));
-          return (st.mode & 0o400) === 0 && st.size > 0;
+          return (st.mode & 0o600) !== 0o600 && st.size > 0;
         } catch {
           return false;
         }
