@@ -106,7 +106,11 @@ pal_stop() {
 # BENCH_TMP is removed
 pal_save_log() { [ -f "$PALDIR/palisade.log" ] && cp "$PALDIR/palisade.log" "$BENCH_RESULTS/palisade.log" 2>/dev/null; return 0; }
 pal_clean_start() { pal_stop; rm -rf "$PALDIR/var"; pal_start; }
-pal_queued() { find "$PALDIR/var/spool/incoming" "$PALDIR/var/spool/active" "$PALDIR/var/spool/deferred" -type f 2>/dev/null | wc -l; }
+# Messages only: cleanup's reserved files in incoming/ (write-only until a message is committed in them) are not.
+pal_queued() {
+  { find "$PALDIR/var/spool/incoming" -type f -perm -0600 2>/dev/null
+    find "$PALDIR/var/spool/active" "$PALDIR/var/spool/deferred" -type f 2>/dev/null; } | wc -l
+}
 
 # vmrss_kb PID... -> sum of VmRSS (kB) of the given processes right now (0 for none)
 vmrss_kb() {
