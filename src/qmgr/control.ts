@@ -3,7 +3,6 @@
 // a message being delivered finishes its round first; one whose delivery the previous qmgr left running is
 // not touched until that delivery has ended.
 
-import { promises as fsp } from 'node:fs';
 import type { Logger } from '../log/index.ts';
 import type { MessageState, QueueStore } from '../queue/index.ts';
 import type { Destinations } from './destinations.ts';
@@ -85,7 +84,7 @@ export function createControl(ctx: ControlContext): (c: QmgrCommand) => Promise<
           return { ok: true };
         }
         deferred.delete(id);
-        await fsp.rm(store.path(where, id), { force: true });
+        await store.remove(where, id);
         log.info({ event: 'deleted', qid: id });
         return { ok: true };
       case 'requeue':

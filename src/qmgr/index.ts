@@ -314,7 +314,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   async function finishRound(m: Msg): Promise<void> {
     try {
       if (m.pendingAction === 'delete') {
-        await fsp.rm(store.path(m.state, m.id), { force: true });
+        await store.remove(m.state, m.id);
         active.delete(m.id);
         log.info({ event: 'deleted', qid: m.id });
         return;
@@ -352,7 +352,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         // Finished: the file goes, so its outcomes need not be written.
         m.unsaved = [];
         // Asynchronous: an unlink can wait on the file system (seen: 0.4 ms), which must not stall the scheduler.
-        await fsp.rm(store.path(m.state, m.id), { force: true });
+        await store.remove(m.state, m.id);
         active.delete(m.id);
         log.info({ event: 'removed', qid: m.id, sent: m.rcpts.filter((r) => r.status === 'sent').length, bounced: m.rcpts.filter((r) => r.status === 'bounced').length });
         return;

@@ -323,6 +323,18 @@ export class QueueStore {
     }
   }
 
+  /**
+   * Removes a message's file; one already gone is fine. One unlink on the thread pool: an unlink can wait on
+   * the file system, and fs.rm would first lstat (a second hand-off, each a wake-up of a pool thread).
+   */
+  async remove(state: MessageState, id: string): Promise<void> {
+    try {
+      await fsp.unlink(this.path(state, id));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+
   /** Finds which state directory holds `id`, or null. */
   async locate(id: string): Promise<MessageState | null> {
     if (!QUEUE_ID.test(id)) return null;
