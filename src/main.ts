@@ -174,6 +174,8 @@ async function runCleanup(init: InitMessage): Promise<void> {
   const onCommit = (qid: string) => {
     if (committed.push(qid) === 1) setTimeout(sendCommitted, NOTICE_BATCH_MS);
   };
+  // Messages recovery made committed: qmgr hears of them like any other (it also finds them when it scans).
+  for (const id of restored) onCommit(id);
   const cleanup = createCleanup({ log, store, onCommit }, cfg);
   const path = init.socket!;
   rmSync(path, { force: true });

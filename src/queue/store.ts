@@ -591,8 +591,8 @@ class FileWriter implements QueueWriter {
         writeSync(this.fh.fd, lengths, 0, LENGTHS_SIZE_BYTES, MAGIC.length);
       }
       if (this.reserved !== null) {
-        // Streamed through the ordinary descriptor: one fsync makes data and size durable (the name is).
-        if (this.fh !== null) await this.fsyncTimed(this.fh);
+        // Streamed through the ordinary descriptor: one fsync makes data and size durable (the name already is).
+        if (this.fh !== null) await this.fsyncOnPool(this.fh);
         chmodSync(this.reserved.path, COMMITTED_MODE);
         this.committed = true;
       } else {
@@ -646,7 +646,7 @@ class FileWriter implements QueueWriter {
     }
   }
 
-  private async fsyncTimed(fh: fsp.FileHandle): Promise<void> {
+  private async fsyncOnPool(fh: fsp.FileHandle): Promise<void> {
     this.store.pacer.asyncStart();
     try {
       await fh.sync();
