@@ -26,6 +26,17 @@ describe('WritePacer', () => {
     assert.equal(p.sync(1010), true);
   });
 
+  test('pooled counts a write as in flight until it settles, even when it fails', async () => {
+    const p = new WritePacer();
+    let release!: () => void;
+    const w = p.pooled(() => new Promise<void>((r) => (release = r)));
+    assert.equal(p.sync(1e12), false, 'in flight');
+    release();
+    await w;
+    await assert.rejects(p.pooled(() => Promise.reject(new Error('EIO'))), /EIO/);
+    assert.equal(p.sync(performance.now() + 1000), true, 'nothing in flight afterwards');
+  });
+
   test('the idle gap it asks for follows how long synchronous writes take', () => {
     const p = new WritePacer();
     // A slow disk: 5 ms per write.

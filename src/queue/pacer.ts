@@ -35,4 +35,14 @@ export class WritePacer {
     this.inFlight--;
     this.lastEnd = end;
   }
+
+  /** Runs `write` (an asynchronous durable write) counted as in flight until it settles. */
+  async pooled<T>(write: () => Promise<T>): Promise<T> {
+    this.asyncStart();
+    try {
+      return await write();
+    } finally {
+      this.asyncDone(performance.now());
+    }
+  }
 }

@@ -174,7 +174,6 @@ export class QueueStore {
   // created, renamed or directory-fsynced between the end of DATA and the 250, and no thread-pool hand-off is
   // needed when cleanup is otherwise idle (WritePacer).
   private reserved: Reserved[] = [];
-  private reserving = 0;
   // How many to keep ready: RESERVED while mail flows; a few after a quiet spell, when the ready ones had
   // grown too old to use (then each message would otherwise replace all of them).
   private reserveTarget = RESERVED;
@@ -214,14 +213,9 @@ export class QueueStore {
    */
   refillReserved(): void {
     if (!this.usesReserved) return;
-    while (this.reserved.length + this.reserving < this.reserveTarget) {
+    while (this.reserved.length + this.making.size < this.reserveTarget) {
       const id = this.nextId();
-      const path = this.path('incoming', id);
-      this.reserving++;
-      const made = this.reserve(id, path).finally(() => {
-        this.reserving--;
-        this.making.delete(made);
-      });
+      const made = this.reserve(id, this.path('incoming', id)).finally(() => this.making.delete(made));
       this.making.add(made);
     }
   }
@@ -438,10 +432,10 @@ export async function readQueueFile(path: string): Promise<ParsedQueueFile> {
 export async function verifyQueueFile(path: string): Promise<boolean> {
   const q = await readQueueFile(path);
   const hash = createHash('sha256');
-  for await (const c of createReadStream(path, { start: q.messageOffset, end: q.messageOffset + Math.max(q.messageLength, 1) - 1 })) {
-    hash.update(c as Buffer);
+  if (q.messageLength > 0) {
+    for await (const c of createReadStream(path, { start: q.messageOffset, end: q.messageOffset + q.messageLength - 1 })) hash.update(c as Buffer);
   }
-  return q.messageLength === 0 ? q.sha256 === createHash('sha256').digest('hex') : hash.digest('hex') === q.sha256;
+  return hash.digest('hex') === q.sha256;
 }
 
 /** Reads `buf.length` bytes at `position` (fewer only at end of file). */
@@ -592,7 +586,8 @@ class FileWriter implements QueueWriter {
       }
       if (this.reserved !== null) {
         // Streamed through the ordinary descriptor: one fsync makes data and size durable (the name already is).
-        if (this.fh !== null) await this.fsyncOnPool(this.fh);
+        const fh = this.fh;
+        if (fh !== null) await this.store.pacer.pooled(() => fh.sync());
         chmodSync(this.reserved.path, COMMITTED_MODE);
         this.committed = true;
       } else {
@@ -604,12 +599,7 @@ class FileWriter implements QueueWriter {
         // check when read and is set aside in corrupt/.
         renameSync(this.store.path('tmp', this.id), this.store.path('incoming', this.id));
         this.renamed = true;
-        this.store.pacer.asyncStart();
-        try {
-          await Promise.all([fh.sync(), this.store.syncDir('incoming')]);
-        } finally {
-          this.store.pacer.asyncDone(performance.now());
-        }
+        await this.store.pacer.pooled(() => Promise.all([fh.sync(), this.store.syncDir('incoming')]));
         this.committed = true;
       }
       // Closing after a durable commit cannot lose anything, and the next reserved files are not needed
@@ -638,21 +628,7 @@ class FileWriter implements QueueWriter {
       pacer.syncDone(start, performance.now());
       return;
     }
-    pacer.asyncStart();
-    try {
-      await writeAll(r.fd, bufs);
-    } finally {
-      pacer.asyncDone(performance.now());
-    }
-  }
-
-  private async fsyncOnPool(fh: fsp.FileHandle): Promise<void> {
-    this.store.pacer.asyncStart();
-    try {
-      await fh.sync();
-    } finally {
-      this.store.pacer.asyncDone(performance.now());
-    }
+    await pacer.pooled(() => writeAll(r.fd, bufs));
   }
 
   private reservedClosed = false;
