@@ -163,7 +163,7 @@ async function runCleanup(init: InitMessage): Promise<void> {
   for (const id of removed) log.warn({ event: 'recovered-partial', qid: id, action: 'removed' });
   for (const id of restored) log.warn({ event: 'recovered-complete', qid: id, action: 'kept' });
   for (const id of unreadable) log.error({ event: 'recovery-error', qid: id, action: 'left', reason: 'reserved file could not be read' });
-  store.useReserved();
+  store.reserved.use();
   // Commit notices go to qmgr (through master) in batches: one message per NOTICE_BATCH_MS, not one per mail.
   let committed: string[] = [];
   const sendCommitted = () => {
@@ -184,7 +184,7 @@ async function runCleanup(init: InitMessage): Promise<void> {
   if (init.socketGroup !== undefined && init.socketGroup >= 0) chownSync(path, process.getuid!(), init.socketGroup);
   onMasterMessage((m: { type: string; config?: Config }) => {
     if (m.type === 'stop') void cleanup.close().then(async () => {
-      await store.stopReserving();
+      await store.reserved.stop();
       if (committed.length > 0) sendCommitted();
       process.exit(0);
     });

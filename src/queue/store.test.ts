@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { execFileSync } from 'node:child_process';
-import { QueueStore, RESERVED, RESERVED_MODE, COMMITTED_MODE, appendRecordsSync } from './store.ts';
+import { QueueStore, appendRecordsSync } from './store.ts';
+import { RESERVED, RESERVED_MODE, COMMITTED_MODE } from './reserved.ts';
 import { CorruptQueueFile, MAGIC, type StateRecord } from './format.ts';
 import { QUEUE_ID } from './id.ts';
 import type { Envelope } from '../core/envelope.ts';
@@ -65,10 +66,10 @@ describe('QueueStore', () => {
     };
     const modeOf = async (id: string) => (await stat(store.path('incoming', id))).mode & 0o777;
     const ready = async (s: QueueStore = store) => {
-      s.useReserved();
-      await until(`${RESERVED} reserved files`, async () => s.reservedReady === RESERVED);
+      s.reserved.use();
+      await until(`${RESERVED} reserved files`, async () => s.reserved.readyCount === RESERVED);
     };
-    afterEach(() => store.stopReserving());
+    afterEach(() => store.reserved.stop());
 
     test('are made write-only in incoming/ and are invisible to list, locate, show and committed', async () => {
       await ready();
@@ -92,7 +93,7 @@ describe('QueueStore', () => {
       assert.deepEqual(await names('tmp'), []);
       assert.ok((await store.readMessage('incoming', id)).equals(message));
       assert.deepEqual((await store.list()).map((e) => e.id), [id]);
-      await until('replaced', async () => store.reservedReady === RESERVED);
+      await until('replaced', async () => store.reserved.readyCount === RESERVED);
       assert.equal((await names('incoming')).length, RESERVED + 1);
       const second = await enqueue();
       assert.equal(second, before[1], 'oldest first');
@@ -152,16 +153,16 @@ describe('QueueStore', () => {
       assert.ok(w.id > old.sort().at(-1)!, 'the new ID sorts after the old ones');
       await until('old ones removed', async () => (await names('incoming')).every((n) => !old.includes(n)));
       assert.equal(await modeOf(w.id), COMMITTED_MODE);
-      await s2.stopReserving();
+      await s2.reserved.stop();
     });
 
-    test('stopReserving removes the ready ones', async () => {
+    test('stop removes the ready ones', async () => {
       await ready();
-      await store.stopReserving();
+      await store.reserved.stop();
       assert.deepEqual(await names('incoming'), []);
       // Ones still being made when it is called are removed once made, before it resolves.
-      store.useReserved();
-      await store.stopReserving();
+      store.reserved.use();
+      await store.reserved.stop();
       assert.deepEqual(await names('incoming'), []);
     });
 
