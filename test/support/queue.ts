@@ -66,9 +66,12 @@ export function partialFiles(spool: string): string[] {
   return [...spoolFiles(spool, 'tmp'), ...reserved].sort();
 }
 
-/** IDs of every message in the queue's state directories (not tmp/). */
+/**
+ * IDs of every message in the queue's state directories (not tmp/), each once: a message qmgr moves between
+ * two of the directory reads (incoming/ → active/) is seen in both.
+ */
 export function queuedIds(spool: string): string[] {
-  return (['incoming', 'active', 'deferred', 'hold', 'corrupt'] as const).flatMap((d) => spoolFiles(spool, d)).sort();
+  return [...new Set((['incoming', 'active', 'deferred', 'hold', 'corrupt'] as const).flatMap((d) => spoolFiles(spool, d)))].sort();
 }
 
 /** A queued message as stored: envelope and state records, and the message bytes. */
