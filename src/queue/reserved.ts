@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 // ReservedFiles: queue files made ahead of need, under their final name in incoming/: created write-only and
-// O_DSYNC, and made durable there (the directory fsync, shared by all made meanwhile) before one is used. A
-// new message takes one (its queue ID is the file's name); at the end of DATA the message is written into it
-// with one write that returns once the disk has the data, and the file is made readable: committed. No file
-// is created, renamed or directory-fsynced between the end of DATA and the 250, and no thread-pool hand-off is
-// needed when cleanup is otherwise idle (WritePacer). The writer is in writer.ts.
+// O_DSYNC. A new message takes one (its queue ID is the file's name); at the end of DATA the message is
+// written into it with one write that returns once the disk has the data, and the file is made readable:
+// committed. No file is created, renamed or directory-fsynced between the end of DATA and the 250, and no
+// thread-pool hand-off is needed when cleanup is otherwise idle (WritePacer). The writer is in writer.ts.
+//
+// The name needs no directory fsync of its own: the first synchronized write to a newly created file makes
+// its directory entry durable with it on Linux's journaling file systems (ext4 commits the transaction that
+// created it, and without a journal syncs the parent of a new entry; XFS and btrfs log the entry with the
+// inode), as Postfix relies on too. A reserved file the machine lost before its message came held nothing.
 
 import { closeSync, constants, open as openCb, rmSync } from 'node:fs';
 import { promisify } from 'node:util';
@@ -31,7 +35,7 @@ export function isCommittedMode(mode: number): boolean {
   return (mode & 0o600) === 0o600;
 }
 
-/** A reserved queue file: made in incoming/ under its ID, durable there, write-only until committed. */
+/** A reserved queue file: made in incoming/ under its ID, write-only until committed. */
 export interface Reserved {
   readonly fd: number;
   readonly id: string;
@@ -44,8 +48,6 @@ export interface ReservedDeps {
   /** incoming/ID */
   path(id: string): string;
   nextId(): string;
-  /** fsync of incoming/ (group commit). */
-  syncDir(): Promise<void>;
   /** Age past which a ready file is not used (tests shorten it). */
   readonly maxAgeMs?: number;
 }
@@ -94,8 +96,7 @@ export class ReservedFiles {
 
   /**
    * Makes reserved files in the background up to the target. One at a time as they are used: making them in
-   * batches (one directory fsync for several) was slower at one session, the burst of creations competing
-   * with the next message for the CPU.
+   * batches was slower at one session, the burst of creations competing with the next message for the CPU.
    */
   refill(): void {
     if (!this.on) return;
@@ -117,15 +118,7 @@ export class ReservedFiles {
       // None made (full disk, no descriptors): commits create their files themselves meanwhile.
       return;
     }
-    let ok = this.on;
-    if (ok) {
-      try {
-        await this.deps.syncDir();
-      } catch {
-        ok = false;
-      }
-    }
-    if (!ok || !this.on) {
+    if (!this.on) {
       closeQuietly(fd);
       rmSync(path, { force: true });
       return;

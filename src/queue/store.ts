@@ -47,7 +47,6 @@ export class QueueStore {
     this.reserved = new ReservedFiles({
       path: (id) => this.path('incoming', id),
       nextId: this.nextId,
-      syncDir: () => this.syncDir('incoming'),
       ...(opts.reservedMaxAgeMs !== undefined ? { maxAgeMs: opts.reservedMaxAgeMs } : {}),
     });
   }
