@@ -90,10 +90,10 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
           finished = true;
           await writer.commit();
           const qid = writer.id;
-          deps.log.info({
+          const line = {
             event: 'committed', qid, from: envelope!.sender, nrcpt: envelope!.recipients.length,
             size: writer.size, ...(scanner!.messageId ? { message_id: scanner!.messageId } : {}),
-          });
+          };
           // Ready for the connection's next message before the answer lets smtpd send one.
           writer = null;
           envelope = null;
@@ -105,6 +105,8 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
             if (closing) sock.end(a);
             else sock.write(a);
           }
+          // Logged after the answer: its cost is not part of smtpd's wait.
+          deps.log.info(line);
           deps.onCommit?.(qid);
           return;
         }

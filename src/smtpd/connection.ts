@@ -108,13 +108,13 @@ export class Connection {
   /** Sends the greeting and starts reading. */
   start(): void {
     this.greeted = true;
-    this.deps.log.info({ event: 'connect', client: this.session.ip, port: this.session.port });
     this.timeoutMs = this.currentTimeout();
     // After our closing reply a client that never closes its side is cut at the next timeout.
     this.sock.setTimeout(this.timeoutMs, () => (this.mode === 'closed' ? this.close() : this.fail(R.timeout, 'timeout')));
     this.sock.on('data', (chunk: Buffer) => this.onData(chunk));
     this.send(greeting(this.deps.limits));
     this.flush();
+    this.deps.log.info({ event: 'connect', client: this.session.ip, port: this.session.port });
   }
 
   /** Refuses the client before any dialogue (limits) and closes. */
@@ -458,7 +458,7 @@ export class Connection {
       return res.reply;
     }
     this.session.messages++;
-    this.deps.log.info({ event: 'queued', qid: res.qid, client: this.session.ip, from: envelopeSender(this.session), nrcpt: this.session.recipients.length, size });
+    this.afterReply.push({ event: 'queued', qid: res.qid, client: this.session.ip, from: envelopeSender(this.session), nrcpt: this.session.recipients.length, size });
     return reply(250, '2.0.0', `Ok: queued as ${res.qid}`);
   }
 
@@ -495,11 +495,20 @@ export class Connection {
     this.sock.once('close', () => clearTimeout(t));
   }
 
+  // Log lines about what the replies being flushed answer: written after the replies, so that their cost is
+  // not part of the client's wait.
+  private afterReply: object[] = [];
+
   private flush(): void {
     if (this.out !== '' && !this.sock.destroyed) {
       this.sock.write(this.out);
     }
     this.out = '';
+    if (this.afterReply.length > 0) {
+      const lines = this.afterReply;
+      this.afterReply = [];
+      for (const line of lines) this.deps.log.info(line);
+    }
   }
 
   private fail(r: Reply, why: string): void {
