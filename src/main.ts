@@ -203,27 +203,29 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   const flags = { stress: false, diskLow: false };
   // Session slots master leased to this worker: a client no per-IP limit applies to is admitted at once with
   // one, and master hears of it in the next batch (one message per event-loop turn, not a round trip per
-  // connection). Without a slot, admission asks master.
-  const lease = { budget: 0, chunk: 0, asked: false, returned: 0, revoked: false };
+  // connection). Without a slot, admission asks master. When such a session ends the worker keeps its slot for
+  // the next client (`keep`: until master calls its slots back) and tells master in the next batch too.
+  const lease = { budget: 0, chunk: 0, asked: false, returned: 0, revoked: false, keep: false };
   const perIpLimits = cfg.smtp.max_sessions_per_ip > 0 || cfg.smtp.max_connection_rate_per_ip > 0;
-  const batch = { open: [] as string[], release: [] as string[], timer: null as NodeJS.Timeout | null, immediate: false };
+  const batch = { open: [] as string[], release: [] as string[], kept: [] as string[], timer: null as NodeJS.Timeout | null, immediate: false };
   const flush = () => {
     if (batch.timer !== null) clearTimeout(batch.timer);
     batch.timer = null;
     batch.immediate = false;
     if (!process.connected) return;
     const want = !lease.asked && lease.budget <= lease.chunk / 2;
-    if (batch.open.length === 0 && batch.release.length === 0 && lease.returned === 0 && !lease.revoked && !want) return;
+    if (batch.open.length === 0 && batch.release.length === 0 && batch.kept.length === 0 && lease.returned === 0 && !lease.revoked && !want) return;
     if (want) lease.asked = true;
-    process.send!({ type: 'sessions', open: batch.open, release: batch.release, returned: lease.returned, revoked: lease.revoked, want });
+    process.send!({ type: 'sessions', open: batch.open, release: batch.release, kept: batch.kept, returned: lease.returned, revoked: lease.revoked, want });
     batch.open = [];
     batch.release = [];
+    batch.kept = [];
     lease.returned = 0;
     lease.revoked = false;
   };
-  // Opens (on leased slots, already allowed for) may wait NOTICE_BATCH_MS to travel together; a release goes at
-  // the end of this event-loop turn, so master never counts a finished session for longer than that and
-  // refuses nobody for it.
+  // Opens (on leased slots, already allowed for) and ends of sessions whose slot the worker keeps may wait
+  // NOTICE_BATCH_MS to travel together; any other release goes at the end of this event-loop turn, so master
+  // never counts a finished session for longer than that and refuses nobody for it.
   const schedule = (urgent: boolean) => {
     if (urgent) {
       if (!batch.immediate) {
@@ -254,7 +256,13 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         process.send!({ type: 'admit', id, ip, exempt });
       });
     },
-    release(ip) {
+    release(ip, leased) {
+      if (leased && lease.keep) {
+        lease.budget++;
+        batch.kept.push(ip);
+        schedule(false);
+        return;
+      }
       batch.release.push(ip);
       schedule(true);
     },
@@ -272,12 +280,14 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         lease.budget += m.n ?? 0;
         lease.chunk = m.chunk ?? 0;
         lease.asked = false;
+        lease.keep = true;
         return;
       case 'revoke':
         lease.returned += lease.budget;
         lease.budget = 0;
         lease.revoked = true;
         lease.asked = false;
+        lease.keep = false;
         flush();
         return;
       case 'flags':

@@ -314,13 +314,14 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     w.ips.set(ip, (w.ips.get(ip) ?? 0) + 1);
   }
 
-  function countRelease(w: Worker, ip: string): void {
+  // Uncounts a session of this worker from `ip`; false when it had none (nothing to uncount).
+  function countRelease(w: Worker, ip: string): boolean {
     const n = w.ips.get(ip) ?? 0;
-    if (n > 0) {
-      anvil.release(ip);
-      if (n === 1) w.ips.delete(ip);
-      else w.ips.set(ip, n - 1);
-    }
+    if (n === 0) return false;
+    anvil.release(ip);
+    if (n === 1) w.ips.delete(ip);
+    else w.ips.set(ip, n - 1);
+    return true;
   }
 
   // Leases: hands session slots to workers that asked while there is room, and calls them back near the limit.
@@ -364,7 +365,12 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         return;
       case 'sessions': {
         // A worker's batch of session events since its last one: sessions it admitted with leased slots,
-        // sessions that ended, unused slots it gives back (after a revoke), and whether it wants more.
+        // sessions that ended (`kept`: their slots stay with the worker, which may have admitted this batch's
+        // later sessions on them already, so they count first), unused slots it gives back (after a revoke),
+        // and whether it wants more.
+        const kept = m.kept ?? [];
+        w.lease += kept.length;
+        anvil.relet(kept.length);
         for (const ip of m.open) {
           if (w.lease <= 0) continue; // never leased: ignore (a worker cannot mint slots)
           w.lease--;
@@ -372,6 +378,13 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
           countOpen(w, ip);
         }
         for (const ip of m.release) countRelease(w, ip);
+        for (const ip of kept) {
+          // Never counted here: it held no slot to keep.
+          if (!countRelease(w, ip)) {
+            w.lease--;
+            anvil.unlease(1);
+          }
+        }
         if (m.returned > 0) {
           const n = Math.min(m.returned, w.lease);
           anvil.unlease(n);
@@ -526,7 +539,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 
 type WorkerMessage =
   | { type: 'admit'; id: number; ip: string; exempt: boolean }
-  | { type: 'sessions'; open: string[]; release: string[]; returned: number; revoked: boolean; want: boolean }
+  | { type: 'sessions'; open: string[]; release: string[]; kept?: string[]; returned: number; revoked: boolean; want: boolean }
   | { type: 'message'; id: number; ip: string; exempt: boolean; kind?: 'message' | 'recipient' }
   | { type: 'listening'; display: string }
   | { type: 'listen-error'; display: string; code: string };

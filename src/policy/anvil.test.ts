@@ -57,6 +57,21 @@ test('leased slots count against the limit until used or returned', () => {
   assert.equal(a.admit('10.0.1.1', true), 'ok');
 });
 
+test('a worker that keeps the slot of a session that ended holds it as leased again: nobody else gets it', () => {
+  const a = new Anvil({ ...LIMITS, maxSessions: 64 });
+  assert.equal(a.grant(0, a.leaseChunk(2)), 4);
+  for (let i = 0; i < 60; i++) assert.equal(a.admit(`10.0.0.${i}`, true), 'ok');
+  a.openLeased('10.0.2.1');
+  assert.equal(a.sessions, 61);
+  // The session ends and its worker keeps the slot: one session fewer, the slot leased again.
+  a.relet(1);
+  a.release('10.0.2.1');
+  assert.equal(a.sessions, 60);
+  assert.equal(a.admit('10.0.1.1', true), 'global', '60 sessions + 4 leased slots: full');
+  a.unlease(4);
+  assert.equal(a.admit('10.0.1.1', true), 'ok');
+});
+
 test('grants stop at half of max_sessions, and past three quarters leases are called back', () => {
   const a = new Anvil({ ...LIMITS, maxSessions: 80 });
   const chunk = a.leaseChunk(1);
@@ -77,13 +92,15 @@ test('grants stop at half of max_sessions, and past three quarters leases are ca
 });
 
 test('property: sessions plus leased slots never exceed max_sessions, whatever the order of events', () => {
-  type Ev = { k: 'admit' | 'grant' | 'open' | 'release' | 'return'; n: number };
-  const ev = fc.record({ k: fc.constantFrom('admit', 'grant', 'open', 'release', 'return') as fc.Arbitrary<Ev['k']>, n: fc.integer({ min: 0, max: 3 }) });
+  type Ev = { k: 'admit' | 'grant' | 'open' | 'release' | 'keep' | 'return'; n: number };
+  const ev = fc.record({ k: fc.constantFrom('admit', 'grant', 'open', 'release', 'keep', 'return') as fc.Arbitrary<Ev['k']>, n: fc.integer({ min: 0, max: 3 }) });
   fc.assert(fc.property(fc.integer({ min: 1, max: 100 }), fc.array(ev, { maxLength: 300 }), (max, events) => {
     const a = new Anvil({ ...LIMITS, maxSessions: max, maxSessionsPerIp: 0 });
     const chunk = a.leaseChunk(4);
     const held = [0, 0, 0, 0];
     const open: string[] = [];
+    // Sessions opened on a leased slot, with their worker (they may end keeping the slot).
+    const leasedOpen: { ip: string; w: number }[] = [];
     let k = 0;
     for (const e of events) {
       const w = e.n;
@@ -94,7 +111,19 @@ test('property: sessions plus leased slots never exceed max_sessions, whatever t
         held[w]!--;
         a.openLeased(`10.1.${k}.1`);
         open.push(`10.1.${k}.1`);
-      } else if (e.k === 'release' && open.length > 0) a.release(open.shift()!);
+        leasedOpen.push({ ip: `10.1.${k}.1`, w });
+      } else if (e.k === 'release' && open.length > 0) {
+        const ip = open.shift()!;
+        a.release(ip);
+        const i = leasedOpen.findIndex((s) => s.ip === ip);
+        if (i >= 0) leasedOpen.splice(i, 1);
+      } else if (e.k === 'keep' && leasedOpen.length > 0) {
+        const s = leasedOpen.shift()!;
+        open.splice(open.indexOf(s.ip), 1);
+        a.relet(1);
+        a.release(s.ip);
+        held[s.w]!++;
+      }
       else if (e.k === 'return') {
         a.unlease(held[w]!);
         held[w] = 0;

@@ -123,6 +123,15 @@ export class Anvil {
     this.checkStress();
   }
 
+  /**
+   * `n` slots count as leased again: sessions admitted on leased slots ended and their worker kept the slots
+   * for its next clients (the sessions themselves are released as usual). Sessions and leases together stay
+   * as they were, so nobody else could have had those slots meanwhile, and the worker need not tell at once.
+   */
+  relet(n: number): void {
+    this.leased += n;
+  }
+
   /** Takes back `n` unused leased slots (returned, or their worker is gone). */
   unlease(n: number): void {
     this.leased = Math.max(0, this.leased - n);

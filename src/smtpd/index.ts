@@ -20,7 +20,8 @@ import type { RecipientPolicy } from './relay.ts';
 export interface SessionGate {
   /** A verdict at once when the worker can decide alone (a leased slot), else master's. */
   admit(ip: string, exempt: boolean): Admission | Promise<Admission>;
-  release(ip: string): void;
+  /** `leased`: the session was admitted at once, on a leased slot (admit answered synchronously). */
+  release(ip: string, leased: boolean): void;
   /** Counts one message (or one recipient) against the per-IP rate; false = over the limit. */
   message(ip: string, exempt: boolean, kind?: 'message' | 'recipient'): Promise<boolean>;
   /** Shared state from master: stress mode, spool short of space. */
@@ -96,15 +97,16 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
     const ip = normalizeIp(sock.remoteAddress ?? '');
     conns.add(conn);
     let admitted = false;
+    let leased = false;
     conn.onClose = () => {
       conns.delete(conn);
-      if (admitted) deps.gate.release(ip);
+      if (admitted) deps.gate.release(ip, leased);
       if (conns.size === 0) idle?.();
       if (draining && conns.size === 0) drained?.();
     };
     const decide = (verdict: Admission): void => {
       if (sock.destroyed) {
-        if (verdict === 'ok') deps.gate.release(ip);
+        if (verdict === 'ok') deps.gate.release(ip, leased);
         return;
       }
       if (verdict === 'ok') {
@@ -117,6 +119,7 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
       }
     };
     const verdict = deps.gate.admit(ip, trusted.has(ip));
+    leased = verdict === 'ok';
     if (typeof verdict === 'string') decide(verdict);
     else verdict.then(decide, () => conn.refuse(R.localError));
   }

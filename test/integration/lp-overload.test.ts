@@ -7,10 +7,12 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { connect } from 'node:net';
 import { startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { SmtpClient, openSession, summary, type WireReply } from '../support/smtp-client.ts';
 import { KEEP_QUEUED } from '../support/queue.ts';
+import { encodeJson, FrameDecoder } from '../../src/ipc/index.ts';
 
 // Per-IP limits apply only outside trusted_networks, and the harness's clients come from loopback.
 const UNTRUSTED = '[relay]\ntrusted_networks = []\n';
@@ -46,6 +48,24 @@ async function burst(port: number, n: number): Promise<{ admitted: SmtpClient[];
     refused++;
   }
   return { admitted, refused };
+}
+
+/** The session count master keeps, from its control socket's status answer. */
+async function masterSessions(spool: string): Promise<number> {
+  const sock = connect(join(spool, 'private', 'control'));
+  const dec = new FrameDecoder();
+  const answer = new Promise<{ sessions: number }>((resolve, reject) => {
+    sock.on('data', (chunk) => {
+      for (const f of dec.push(chunk)) if (f.kind === 'json') resolve(JSON.parse(f.payload.toString('utf8')) as { sessions: number });
+    });
+    sock.on('error', reject);
+  });
+  sock.write(encodeJson({ cmd: 'status' }));
+  try {
+    return (await answer).sessions;
+  } finally {
+    sock.destroy();
+  }
 }
 
 /** Sends one message on an admitted client (after its greeting) and quits. */
@@ -160,6 +180,35 @@ describe('max_sessions = 64 with leased slots (two workers, trusted clients)', (
       for (const c of b.admitted) c.close();
       assert.ok(b.admitted.length <= 64, `${b.admitted.length} admitted`);
       return b.admitted.length >= 56 ? true : undefined;
+    }, 10_000);
+  });
+});
+
+// A session that ends on a leased slot leaves the slot with its worker for the next client, and master hears of
+// it in the next batch: sessions one after another must keep being admitted past the lease size, and the count
+// must come back exact (a full house fits, one more is refused).
+describe('max_sessions = 64, one worker: sessions that end keep their leased slots', () => {
+  let p: Running;
+  before(async () => {
+    p = await startPalisade({ workers: 1, smtp: 'max_sessions = 64\nstress_threshold = 1.0', toml: KEEP_QUEUED });
+  });
+  after(async () => {
+    assert.equal(await p.stop(), 0);
+  });
+
+  test('30 sessions one after another (a lease is 8 slots) are all admitted and counted out again; then 64 at once fit and the 65th gets 421 4.7.0', async () => {
+    for (let i = 0; i < 30; i++) {
+      const { c, first } = await greet(p.port);
+      assert.equal(first?.code, 220, `session ${i}`);
+      await c.ok('QUIT', 221);
+      await c.waitClosed();
+    }
+    await waitFor('master counts no session once all have ended', async () => ((await masterSessions(p.spool)) === 0 ? true : undefined), 5000);
+    await waitFor('a full house admitted and one more refused', async () => {
+      const b = await burst(p.port, 65);
+      for (const c of b.admitted) c.close();
+      assert.ok(b.admitted.length <= 64, `${b.admitted.length} admitted`);
+      return b.admitted.length === 64 && b.refused === 1 ? true : undefined;
     }, 10_000);
   });
 });
