@@ -37,6 +37,32 @@ describe('WritePacer', () => {
     assert.equal(p.sync(performance.now() + 1000), true, 'nothing in flight afterwards');
   });
 
+  test('after a burst of slow writes, quick pooled writes that overlap nothing bring synchronous writes back', async () => {
+    const p = new WritePacer();
+    // A burst: synchronous writes of 50 ms each (a disk busy with other work).
+    for (let t = 0; t < 1000; t += 100) p.syncDone(t, t + 50);
+    const now = performance.now();
+    p.syncDone(now - 60, now - 10);
+    assert.equal(p.sync(now), false, '10 ms idle after 50 ms writes: not idle enough');
+    // One client at a time again: each write goes to the pool alone and is quick.
+    for (let i = 0; i < 30; i++) await p.pooled(() => new Promise<void>((r) => setImmediate(r)));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(p.sync(performance.now()), true, 'idle for 20 ms after quick writes: synchronous again');
+  });
+
+  test('pooled writes that overlap others do not count as disk latency', async () => {
+    const p = new WritePacer();
+    const slow: (() => void)[] = [];
+    // Two at once, each held 30 ms: neither is a sample.
+    const a = p.pooled(() => new Promise<void>((r) => slow.push(r)));
+    const b = p.pooled(() => new Promise<void>((r) => slow.push(r)));
+    await new Promise((r) => setTimeout(r, 30));
+    for (const r of slow) r();
+    await Promise.all([a, b]);
+    await new Promise((r) => setTimeout(r, 2));
+    assert.equal(p.sync(performance.now()), true, 'the estimate is still the default 0.25 ms');
+  });
+
   test('the idle gap it asks for follows how long synchronous writes take', () => {
     const p = new WritePacer();
     // A slow disk: 5 ms per write.

@@ -21,8 +21,12 @@ export class WritePacer {
 
   /** A synchronous write from `start` to `end` (ms). */
   syncDone(start: number, end: number): void {
-    this.syncMs = this.syncMs * 0.8 + (end - start) * 0.2;
+    this.sample(end - start);
     this.lastEnd = end;
+  }
+
+  private sample(ms: number): void {
+    this.syncMs = this.syncMs * 0.8 + ms * 0.2;
   }
 
   /** An asynchronous write begins. */
@@ -36,13 +40,24 @@ export class WritePacer {
     this.lastEnd = end;
   }
 
+  // Asynchronous writes started so far (tells whether another one overlapped a given write).
+  private started = 0;
+
   /** Runs `write` (an asynchronous durable write) counted as in flight until it settles. */
   async pooled<T>(write: () => Promise<T>): Promise<T> {
+    const alone = this.inFlight === 0;
+    const seq = ++this.started;
+    const start = performance.now();
     this.asyncStart();
     try {
       return await write();
     } finally {
-      this.asyncDone(performance.now());
+      const end = performance.now();
+      // A write that overlapped no other one measures the disk much as a synchronous write would. Without
+      // these samples the estimate would only ever follow synchronous writes, so after a burst of slow ones it
+      // could stay too high for cleanup ever to be idle enough for another: pooled writes for good.
+      if (alone && seq === this.started) this.sample(end - start);
+      this.asyncDone(end);
     }
   }
 }
