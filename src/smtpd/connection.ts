@@ -183,7 +183,11 @@ export class Connection {
         const line = this.nextLine();
         if (line === null) break;
         if (line === true) continue;
-        await this.command(line);
+        // Awaited only when the command had to wait (a rate check with master): an await costs a turn of the
+        // event loop's tick queue, run only after Node's own stream bookkeeping for this read, before the
+        // reply could go out.
+        const waiting = this.command(line);
+        if (waiting instanceof Promise) await waiting;
         // Stress mode changes the timeout of sessions already running, too.
         const t = this.currentTimeout();
         if (t !== this.timeoutMs) {
@@ -245,7 +249,8 @@ export class Connection {
     }
   }
 
-  private async command(line: string): Promise<void> {
+  // Answers one command; returns a promise only when the answer has to wait (the per-IP rate checks).
+  private command(line: string): Promise<void> | void {
     const { verb, args } = parseCommand(line);
     const s = this.session;
     const l = this.deps.limits;
@@ -259,20 +264,24 @@ export class Connection {
       case 'MAIL': {
         if (this.deps.flags.diskLow) return this.answer(R.noStorage);
         const r = mail(s, l, args);
-        if (r.code === 250 && this.deps.messageRate !== null && !(await this.deps.messageRate(s.ip))) {
+        const rate = this.deps.messageRate;
+        if (r.code !== 250 || rate === null) return this.answer(r);
+        return rate(s.ip).then((ok) => {
+          if (ok) return this.answer(r);
           resetTransaction(s);
-          return this.answer(R.messageRate);
-        }
-        return this.answer(r);
+          this.answer(R.messageRate);
+        });
       }
       case 'RCPT': {
         const before = s.recipients.length;
         const r = rcpt(s, l, this.deps.policy, args);
-        if (s.recipients.length > before && this.deps.recipientRate !== null && !(await this.deps.recipientRate(s.ip))) {
+        const rate = this.deps.recipientRate;
+        if (s.recipients.length === before || rate === null) return this.answer(r);
+        return rate(s.ip).then((ok) => {
+          if (ok) return this.answer(r);
           s.recipients.pop();
-          return this.answer(R.recipientRate);
-        }
-        return this.answer(r);
+          this.answer(R.recipientRate);
+        });
       }
       case 'DATA':
         return this.startData(args);
