@@ -116,7 +116,7 @@ export class FileWriter implements QueueWriter {
         writeSync(this.fh.fd, lengths, 0, LENGTHS_SIZE_BYTES, MAGIC.length);
       }
       if (this.reserved !== null) {
-        // Streamed through the ordinary descriptor: one fsync makes data and size durable (the name already is).
+        // Streamed through the ordinary descriptor: one fsync makes data, size and (a new file's) name durable.
         const fh = this.fh;
         if (fh !== null) await this.store.pacer.pooled(() => fh.sync());
         chmodSync(this.reserved.path, COMMITTED_MODE);
