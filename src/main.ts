@@ -204,7 +204,8 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   // Session slots master leased to this worker: a client no per-IP limit applies to is admitted at once with
   // one, and master hears of it in the next batch (one message per event-loop turn, not a round trip per
   // connection). Without a slot, admission asks master. When such a session ends the worker keeps its slot for
-  // the next client (`keep`: until master calls its slots back) and tells master in the next batch too.
+  // the next client (`keep`: until master calls its slots back; never more than a lease's worth) and tells
+  // master in the next batch too.
   const lease = { budget: 0, chunk: 0, asked: false, returned: 0, revoked: false, keep: false };
   const perIpLimits = cfg.smtp.max_sessions_per_ip > 0 || cfg.smtp.max_connection_rate_per_ip > 0;
   const batch = { open: [] as string[], release: [] as string[], kept: [] as string[], timer: null as NodeJS.Timeout | null, immediate: false };
@@ -257,7 +258,8 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       });
     },
     release(ip, leased) {
-      if (leased && lease.keep) {
+      // Kept up to the lease size: beyond it the slot goes back to master for the other workers.
+      if (leased && lease.keep && lease.budget < lease.chunk) {
         lease.budget++;
         batch.kept.push(ip);
         schedule(false);

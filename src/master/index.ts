@@ -295,12 +295,15 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
         child.send({ type: 'init', role: 'smtpd', config: config, cleanupPath });
         child.send({ type: 'flags', ...flags });
         for (const h of handles) child.send({ type: 'listen', name: h.name, display: h.display }, h.handle as Server);
-        child.on('message', (m: WorkerMessage) => onWorkerMessage(w, child, m));
+        // Only the worker's current process speaks for it: a message of one already replaced is dropped.
+        child.on('message', (m: WorkerMessage) => {
+          if (w.sup.child === child) onWorkerMessage(w, child, m);
+        });
       },
       onExit: () => {
         for (const [ip, n] of w.ips) for (let i = 0; i < n; i++) anvil.release(ip);
         w.ips.clear();
-        anvil.unlease(w.lease);
+        anvil.unlease(Math.max(0, w.lease));
         w.lease = 0;
         w.wants = false;
         w.revoking = false;
@@ -513,7 +516,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   async function handleControl(cmd: { cmd?: string }): Promise<unknown> {
     switch (cmd.cmd) {
       case 'status':
-        return { ok: true, pid: process.pid, sessions: anvil.sessions, stress: flags.stress, disk_low: flags.diskLow, workers: generation.length, qmgr: await askQmgr({ cmd: 'status' }) };
+        return { ok: true, pid: process.pid, sessions: anvil.sessions, leased: anvil.leasedSlots, stress: flags.stress, disk_low: flags.diskLow, workers: generation.length, qmgr: await askQmgr({ cmd: 'status' }) };
       case 'stop':
         setImmediate(() => void shutdown('control'));
         return { ok: true };

@@ -96,7 +96,8 @@ test('property: sessions plus leased slots never exceed max_sessions, whatever t
   const ev = fc.record({ k: fc.constantFrom('admit', 'grant', 'open', 'release', 'keep', 'return') as fc.Arbitrary<Ev['k']>, n: fc.integer({ min: 0, max: 3 }) });
   fc.assert(fc.property(fc.integer({ min: 1, max: 100 }), fc.array(ev, { maxLength: 300 }), (max, events) => {
     const a = new Anvil({ ...LIMITS, maxSessions: max, maxSessionsPerIp: 0 });
-    const chunk = a.leaseChunk(4);
+    // One worker's lease size (leases from max_sessions 16 on): the four workers below all take chunks of it.
+    const chunk = a.leaseChunk(1);
     const held = [0, 0, 0, 0];
     const open: string[] = [];
     // Sessions opened on a leased slot, with their worker (they may end keeping the slot).
@@ -131,6 +132,7 @@ test('property: sessions plus leased slots never exceed max_sessions, whatever t
       k++;
       assert.ok(a.sessions + held.reduce((x, y) => x + y, 0) <= max, `${a.sessions} + ${held} > ${max}`);
       assert.equal(a.sessions, open.length);
+      assert.equal(a.leasedSlots, held.reduce((x, y) => x + y, 0), 'leased slots as the workers hold them');
     }
   }), { numRuns: 300 });
 });

@@ -200,6 +200,11 @@ export class Anvil {
     return this.total;
   }
 
+  /** Slots leased to workers and not used (or kept again) at the moment. */
+  get leasedSlots(): number {
+    return this.leased;
+  }
+
   /** Stress mode is on. */
   get stressed(): boolean {
     return this.stress;

@@ -45,17 +45,24 @@ describe('WritePacer', () => {
     p.syncDone(now - 60, now - 10);
     assert.equal(p.sync(now), false, '10 ms idle after 50 ms writes: not idle enough');
     // One client at a time again: each write goes to the pool alone and is quick.
-    for (let i = 0; i < 30; i++) await p.pooled(() => new Promise<void>((r) => setImmediate(r)));
+    for (let i = 0; i < 30; i++) await p.pooled(() => new Promise<void>((r) => setImmediate(r)), true);
     await new Promise((r) => setTimeout(r, 20));
     assert.equal(p.sync(performance.now()), true, 'idle for 20 ms after quick writes: synchronous again');
+  });
+
+  test('a slow pooled fsync (a large message streamed to disk) does not count as disk latency', async () => {
+    const p = new WritePacer();
+    await p.pooled(() => new Promise<void>((r) => setTimeout(r, 40)));
+    await new Promise((r) => setTimeout(r, 2));
+    assert.equal(p.sync(performance.now()), true, 'the estimate is still the default 0.25 ms');
   });
 
   test('pooled writes that overlap others do not count as disk latency', async () => {
     const p = new WritePacer();
     const slow: (() => void)[] = [];
     // Two at once, each held 30 ms: neither is a sample.
-    const a = p.pooled(() => new Promise<void>((r) => slow.push(r)));
-    const b = p.pooled(() => new Promise<void>((r) => slow.push(r)));
+    const a = p.pooled(() => new Promise<void>((r) => slow.push(r)), true);
+    const b = p.pooled(() => new Promise<void>((r) => slow.push(r)), true);
     await new Promise((r) => setTimeout(r, 30));
     for (const r of slow) r();
     await Promise.all([a, b]);

@@ -43,8 +43,12 @@ export class WritePacer {
   // Asynchronous writes started so far (tells whether another one overlapped a given write).
   private started = 0;
 
-  /** Runs `write` (an asynchronous durable write) counted as in flight until it settles. */
-  async pooled<T>(write: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `write` (an asynchronous durable write) counted as in flight until it settles. `learn`: it is the kind
+   * of write a synchronous one would have been (a whole message into a reserved file), so its time counts
+   * toward the estimate; an fsync after streaming a large message does not.
+   */
+  async pooled<T>(write: () => Promise<T>, learn = false): Promise<T> {
     const alone = this.inFlight === 0;
     const seq = ++this.started;
     const start = performance.now();
@@ -56,7 +60,7 @@ export class WritePacer {
       // A write that overlapped no other one measures the disk much as a synchronous write would. Without
       // these samples the estimate would only ever follow synchronous writes, so after a burst of slow ones it
       // could stay too high for cleanup ever to be idle enough for another: pooled writes for good.
-      if (alone && seq === this.started) this.sample(end - start);
+      if (learn && alone && seq === this.started) this.sample(end - start);
       this.asyncDone(end);
     }
   }

@@ -159,7 +159,7 @@ export class FileWriter implements QueueWriter {
       pacer.syncDone(start, performance.now());
       return;
     }
-    await pacer.pooled(() => writeAll(r.fd, bufs));
+    await pacer.pooled(() => writeAll(r.fd, bufs), true);
   }
 
   private reservedClosed = false;

@@ -93,8 +93,8 @@ export class Connection {
     if (this.mode === 'closed') return;
     // Not admitted yet (no greeting): nothing is owed; close as for a client that went away.
     if (!this.greeted) return this.close();
-    this.finish();
     this.flush();
+    this.finish();
     this.sock.end();
   }
 
@@ -187,7 +187,11 @@ export class Connection {
         // event loop's tick queue, run only after Node's own stream bookkeeping for this read, before the
         // reply could go out.
         const waiting = this.command(line);
-        if (waiting instanceof Promise) await waiting;
+        if (waiting instanceof Promise) {
+          // The replies so far (a 250 for a message, say) go out now, not after the wait.
+          this.flush();
+          await waiting;
+        }
         // Stress mode changes the timeout of sessions already running, too.
         const t = this.currentTimeout();
         if (t !== this.timeoutMs) {
@@ -359,7 +363,10 @@ export class Connection {
       tx.abort();
     }
     if (!this.tooBig && !reader.bareLineEnd && !reader.nul && tx.failed === null && res.out.length > 0) {
-      if (!tx.write(res.out)) await new Promise<void>((r) => tx.onDrain(r));
+      if (!tx.write(res.out)) {
+        this.flush();
+        await new Promise<void>((r) => tx.onDrain(r));
+      }
     }
     return res.done;
   }
@@ -374,7 +381,11 @@ export class Connection {
     if (reader.nul) r = this.rejectBody(tx, R.nulInData, 'NUL in data');
     else if (reader.bareLineEnd) r = this.rejectBody(tx, R.bareLfData, 'bare CR or LF in data');
     else if (this.tooBig) r = this.rejectBody(tx, R.tooBig, 'message too large');
-    else r = this.queued(await tx.end(), reader.size);
+    else {
+      // Replies owed so far go out before the wait for cleanup's answer.
+      this.flush();
+      r = this.queued(await tx.end(), reader.size);
+    }
     resetTransaction(this.session);
     this.answer(r);
   }
@@ -421,6 +432,7 @@ export class Connection {
           this.bdatError = R.tooBig;
           tx.abort();
         } else if (tx.failed === null && !tx.write([part])) {
+          this.flush();
           await new Promise<void>((r) => tx.onDrain(r));
         }
       }
@@ -449,6 +461,7 @@ export class Connection {
     else {
       // A message must end with CRLF to be relayed as lines; add it when the client did not.
       if (checker.endsMidLine) tx.write([Buffer.from('\r\n')]);
+      this.flush();
       r = this.queued(await tx.end(), this.bdatSize);
     }
     resetTransaction(this.session);
@@ -513,11 +526,14 @@ export class Connection {
       this.sock.write(this.out);
     }
     this.out = '';
-    if (this.afterReply.length > 0) {
-      const lines = this.afterReply;
-      this.afterReply = [];
-      for (const line of lines) this.deps.log.info(line);
-    }
+    this.logAfterReply();
+  }
+
+  private logAfterReply(): void {
+    if (this.afterReply.length === 0) return;
+    const lines = this.afterReply;
+    this.afterReply = [];
+    for (const line of lines) this.deps.log.info(line);
   }
 
   private fail(r: Reply, why: string): void {
@@ -541,6 +557,8 @@ export class Connection {
     if (this.onClose !== null) {
       const cb = this.onClose;
       this.onClose = null;
+      // Lines about replies not flushed yet (the session ended while a command waited) come before its end.
+      this.logAfterReply();
       this.deps.log.info({ event: 'disconnect', client: this.session.ip, messages: this.session.messages, errors: this.errors, seconds: (Date.now() - this.started) / 1000 });
       cb();
     }
