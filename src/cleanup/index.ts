@@ -64,7 +64,8 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
       if (!sock.destroyed) sock.end(encodeJson({ ok: false, code: r.code, enhanced: r.enhanced, text: r.lines.join('\n'), reason }));
     };
 
-    async function frame(f: Frame): Promise<void> {
+    // Handles one frame; returns a promise only when it has to wait (a write or commit on the thread pool).
+    function frame(f: Frame): Promise<void> | void {
       if (finished) return;
       if (writer === null) {
         if (f.kind !== 'json') return refuse(R.localError, 'protocol: expected begin');
@@ -73,52 +74,63 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
         state.idle = false;
         envelope = msg.envelope;
         const arrival = new Date();
-        writer = await deps.store.create(envelope, arrival);
+        writer = deps.store.create(envelope, arrival);
         scanner = new HeaderScanner(limits);
-        await writer.write(Buffer.from(receivedHeader(cfg.server.hostname, writer.id, envelope, arrival), 'utf8'));
-        return;
+        return writer.write(Buffer.from(receivedHeader(cfg.server.hostname, writer.id, envelope, arrival), 'utf8'));
       }
       switch (f.kind) {
         case 'data': {
           const r = scanner!.push(f.payload);
           if (r !== null) return refuse(r, 'header limits');
           if (writer.size + f.payload.length > hardMax) return refuse(R.tooBig, 'message too large');
-          await writer.write(f.payload);
-          return;
+          return writer.write(f.payload);
         }
         case 'end': {
           finished = true;
-          await writer.commit();
-          const qid = writer.id;
-          const line = {
-            event: 'committed', qid, from: envelope!.sender, nrcpt: envelope!.recipients.length,
-            size: writer.size, ...(scanner!.messageId ? { message_id: scanner!.messageId } : {}),
-          };
-          // Ready for the connection's next message before the answer lets smtpd send one.
-          writer = null;
-          envelope = null;
-          scanner = null;
-          finished = false;
-          state.idle = true;
-          if (!sock.destroyed) {
-            const a = encodeJson({ ok: true, qid });
-            if (closing) sock.end(a);
-            else sock.write(a);
-          }
-          // Logged after the answer: its cost is not part of smtpd's wait.
-          deps.log.info(line);
-          deps.onCommit?.(qid);
-          return;
+          const w = writer;
+          const waiting = w.commit();
+          if (waiting instanceof Promise) return waiting.then(() => answerCommitted(w));
+          return answerCommitted(w);
         }
         case 'abort':
           finished = true;
-          await writer.abort();
-          sock.end();
-          return;
+          return writer.abort().then(() => void sock.end());
         default:
           return refuse(R.localError, 'protocol: unexpected frame');
       }
     }
+
+    // The message is in the queue: the answer, then its log line and qmgr's notice.
+    function answerCommitted(w: QueueWriter): void {
+      const qid = w.id;
+      const line = {
+        event: 'committed', qid, from: envelope!.sender, nrcpt: envelope!.recipients.length,
+        size: w.size, ...(scanner!.messageId ? { message_id: scanner!.messageId } : {}),
+      };
+      // Ready for the connection's next message before the answer lets smtpd send one.
+      writer = null;
+      envelope = null;
+      scanner = null;
+      finished = false;
+      state.idle = true;
+      if (!sock.destroyed) {
+        const a = encodeJson({ ok: true, qid });
+        if (closing) sock.end(a);
+        else sock.write(a);
+      }
+      // Logged after the answer: its cost is not part of smtpd's wait.
+      deps.log.info(line);
+      deps.onCommit?.(qid);
+    }
+
+    const failed = (e: Error) => {
+      deps.log.error({ event: 'write-error', qid: writer?.id, err: e.message });
+      refuse(R.localError, `queue write failed: ${(e as NodeJS.ErrnoException).code ?? e.message}`);
+    };
+    const settled = () => {
+      pending--;
+      if (pending < 4 && sock.isPaused()) sock.resume();
+    };
 
     sock.on('data', (chunk: Buffer) => {
       let frames: Frame[];
@@ -130,13 +142,23 @@ export function createCleanup(deps: CleanupDeps, initial: Config): Cleanup {
       }
       for (const f of frames) {
         pending++;
-        chain = chain.then(() => frame(f)).catch((e: Error) => {
-          deps.log.error({ event: 'write-error', qid: writer?.id, err: e.message });
-          refuse(R.localError, `queue write failed: ${(e as NodeJS.ErrnoException).code ?? e.message}`);
-        }).finally(() => {
-          pending--;
-          if (pending < 4 && sock.isPaused()) sock.resume();
-        });
+        if (pending > 1) {
+          // Frames before it still wait: in order, after them.
+          chain = chain.then(() => frame(f)).catch(failed).finally(settled);
+          continue;
+        }
+        // Nothing before it: handled now, in this turn of the event loop (a whole small message, from its
+        // first frame to the answer, without an await when the disk write can be synchronous); it goes on
+        // the chain only if it has to wait.
+        let waiting: Promise<void> | void;
+        try {
+          waiting = frame(f);
+        } catch (e) {
+          failed(e as Error);
+          waiting = undefined;
+        }
+        if (waiting instanceof Promise) chain = waiting.catch(failed).finally(settled);
+        else settled();
       }
       if (pending >= 16) sock.pause();
     });

@@ -130,7 +130,7 @@ export class QueueStore {
   }
 
   /** Starts a new message with `envelope`; the returned writer owns its file until commit or abort. */
-  async create(envelope: Envelope, arrival = new Date()): Promise<QueueWriter> {
+  create(envelope: Envelope, arrival = new Date()): QueueWriter {
     const reserved = this.reserved.take();
     const id = reserved?.id ?? this.nextId();
     const full: QueueEnvelope = { id, arrival: arrival.toISOString(), ...envelope };

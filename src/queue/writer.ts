@@ -14,13 +14,17 @@ import { invariant } from '../core/invariant.ts';
 // Writes are gathered up to this many bytes before one writev.
 const WRITE_BATCH = 256 * 1024;
 
-/** A message being written; nothing is visible in the queue until commit() resolves. */
+/**
+ * A message being written; nothing is visible in the queue until commit() has returned (or resolved). write
+ * and commit return a promise only when they had to wait; done at once, they return nothing (no await is
+ * owed: the caller can answer in the same turn of the event loop).
+ */
 export interface QueueWriter {
   readonly id: string;
   /** Appends message bytes (buffered; flushed in batches). */
-  write(chunk: Buffer): Promise<void>;
-  /** Makes the message durable in incoming/ and resolves only then. */
-  commit(): Promise<void>;
+  write(chunk: Buffer): Promise<void> | void;
+  /** Makes the message durable in incoming/; returns (or resolves) only then. */
+  commit(): Promise<void> | void;
   /** Removes the partial file. */
   abort(): Promise<void>;
   /** Bytes of message written so far. */
@@ -58,14 +62,14 @@ export class FileWriter implements QueueWriter {
     this.pendingBytes = HEADER_SIZE + this.envJson.length + 1;
   }
 
-  async write(chunk: Buffer): Promise<void> {
+  write(chunk: Buffer): Promise<void> | void {
     invariant(!this.done, 'write after commit/abort');
     this.hash.update(chunk);
     if (!this.eightBit && !isAscii(chunk)) this.eightBit = true;
     this.size += chunk.length;
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
-    if (this.pendingBytes >= WRITE_BATCH) await this.flush();
+    if (this.pendingBytes >= WRITE_BATCH) return this.flush();
   }
 
   private async open(): Promise<number> {
@@ -97,13 +101,40 @@ export class FileWriter implements QueueWriter {
     return bufs;
   }
 
-  async commit(): Promise<void> {
+  commit(): Promise<void> | void {
     invariant(!this.done, 'commit twice');
     this.done = true;
     const end = Buffer.from(endRecord(this.hash.digest('hex'), this.eightBit), 'latin1');
     this.pending.push(end);
     this.pendingBytes += end.length;
     const lengths = Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1');
+    const r = this.reserved;
+    const pacer = this.store.pacer;
+    const start = performance.now();
+    if (this.fh === null && r !== null && pacer.sync(start)) {
+      // The common case when cleanup is idle: the whole message, held in memory, into its reserved file with
+      // one synchronous write (durable when it returns: O_DSYNC), then the mark that makes it a message. No
+      // await on the way, so the caller answers in this same turn of the event loop.
+      try {
+        this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
+        writeAllSync(r.fd, this.takePending());
+        pacer.syncDone(start, performance.now());
+        chmodSync(r.path, COMMITTED_MODE);
+      } catch (e) {
+        // Never acknowledged; as cleanupAfterFailure, without an await (there is no second descriptor).
+        this.closeReserved();
+        rmSync(r.path, { force: true });
+        this.store.reserved.refill();
+        throw e;
+      }
+      this.committed = true;
+      this.afterCommit();
+      return;
+    }
+    return this.commitAsync(lengths);
+  }
+
+  private async commitAsync(lengths: Buffer): Promise<void> {
     try {
       if (this.fh === null) {
         // The whole message is still in memory (the common case): written once, lengths already right.
@@ -133,19 +164,23 @@ export class FileWriter implements QueueWriter {
         await this.store.pacer.pooled(() => Promise.all([fh.sync(), this.store.syncDir('incoming')]));
         this.committed = true;
       }
-      // Closing after a durable commit cannot lose anything, and the next reserved files are not needed
-      // before the next message: both wait until the caller has sent its answer.
-      const fh = this.fh;
-      this.fh = null;
-      setImmediate(() => {
-        this.closeReserved();
-        this.store.reserved.refill();
-        fh?.close().catch(() => {});
-      });
+      this.afterCommit();
     } catch (e) {
       await this.cleanupAfterFailure();
       throw e;
     }
+  }
+
+  // Closing after a durable commit cannot lose anything, and the next reserved files are not needed before the
+  // next message: both wait until the caller has sent its answer.
+  private afterCommit(): void {
+    const fh = this.fh;
+    this.fh = null;
+    setImmediate(() => {
+      this.closeReserved();
+      this.store.reserved.refill();
+      fh?.close().catch(() => {});
+    });
   }
 
   // Writes the whole message into the reserved file (O_DSYNC: durable when the write returns), synchronously
