@@ -34,10 +34,10 @@ export interface ConnectionDeps {
   readonly stressMaxErrors: number;
   readonly stressTimeoutMs: number;
   readonly flags: { readonly stress: boolean; readonly diskLow: boolean };
-  /** Per-IP message rate check, or null when unlimited. */
-  readonly messageRate: ((ip: string) => Promise<boolean>) | null;
-  /** Per-IP recipient rate check, or null when unlimited. */
-  readonly recipientRate: ((ip: string) => Promise<boolean>) | null;
+  /** Per-IP message rate check (true at once for an exempt client), or null when unlimited. */
+  readonly messageRate: ((ip: string) => true | Promise<boolean>) | null;
+  /** Per-IP recipient rate check (true at once for an exempt client), or null when unlimited. */
+  readonly recipientRate: ((ip: string) => true | Promise<boolean>) | null;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -268,9 +268,9 @@ export class Connection {
       case 'MAIL': {
         if (this.deps.flags.diskLow) return this.answer(R.noStorage);
         const r = mail(s, l, args);
-        const rate = this.deps.messageRate;
-        if (r.code !== 250 || rate === null) return this.answer(r);
-        return rate(s.ip).then((ok) => {
+        const checked = r.code === 250 && this.deps.messageRate !== null ? this.deps.messageRate(s.ip) : true;
+        if (checked === true) return this.answer(r);
+        return checked.then((ok) => {
           if (ok) return this.answer(r);
           resetTransaction(s);
           this.answer(R.messageRate);
@@ -279,9 +279,9 @@ export class Connection {
       case 'RCPT': {
         const before = s.recipients.length;
         const r = rcpt(s, l, this.deps.policy, args);
-        const rate = this.deps.recipientRate;
-        if (s.recipients.length === before || rate === null) return this.answer(r);
-        return rate(s.ip).then((ok) => {
+        const checked = s.recipients.length > before && this.deps.recipientRate !== null ? this.deps.recipientRate(s.ip) : true;
+        if (checked === true) return this.answer(r);
+        return checked.then((ok) => {
           if (ok) return this.answer(r);
           s.recipients.pop();
           this.answer(R.recipientRate);

@@ -79,8 +79,9 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
     stressMaxErrors: cfg.smtp.stress_max_errors,
     stressTimeoutMs: parseDuration(cfg.smtp.stress_timeout)!,
     flags: deps.gate.flags,
-    messageRate: cfg.smtp.max_message_rate_per_ip > 0 ? (ip: string) => deps.gate.message(ip, trusted.has(ip)) : null,
-    recipientRate: cfg.smtp.max_recipient_rate_per_ip > 0 ? (ip: string) => deps.gate.message(ip, trusted.has(ip), 'recipient') : null,
+    // Trusted networks are exempt from the rates: no question to master for them.
+    messageRate: cfg.smtp.max_message_rate_per_ip > 0 ? (ip: string) => trusted.has(ip) || deps.gate.message(ip, false) : null,
+    recipientRate: cfg.smtp.max_recipient_rate_per_ip > 0 ? (ip: string) => trusted.has(ip) || deps.gate.message(ip, false, 'recipient') : null,
   };
   const conns = new Set<Connection>();
   const servers: Server[] = [];

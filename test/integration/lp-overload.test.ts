@@ -360,6 +360,29 @@ function rawGreeting(port: number, localAddress: string): Promise<string> {
   });
 }
 
+describe('per-IP message and recipient rates with loopback trusted (the default)', () => {
+  let p: Running;
+  before(async () => {
+    p = await startPalisade({ workers: 1, smtp: 'max_message_rate_per_ip = 2\nmax_recipient_rate_per_ip = 2', toml: KEEP_QUEUED });
+  });
+  after(async () => {
+    assert.equal(await p.stop(), 0);
+  });
+
+  test('a trusted client is exempt: five MAILs and five RCPTs in a row are all accepted', async () => {
+    const c = await openSession(p.port);
+    try {
+      for (let i = 0; i < 5; i++) {
+        await c.ok('MAIL FROM:<a@example.com>', 250);
+        await c.ok(`RCPT TO:<r${i}@mx.test>`, 250);
+        await c.ok('RSET', 250);
+      }
+    } finally {
+      c.close();
+    }
+  });
+});
+
 describe('per-IP recipient rate', () => {
   let p: Running;
   before(async () => {
