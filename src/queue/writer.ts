@@ -108,23 +108,23 @@ export class FileWriter implements QueueWriter {
     this.pending.push(end);
     this.pendingBytes += end.length;
     const lengths = Buffer.from(lengthsLine(this.envJson.length, this.size), 'latin1');
+    // The whole message still in memory (the common case): written once, lengths already right.
+    if (this.fh === null) this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
     const r = this.reserved;
     const pacer = this.store.pacer;
     const start = performance.now();
     if (this.fh === null && r !== null && pacer.sync(start)) {
-      // The common case when cleanup is idle: the whole message, held in memory, into its reserved file with
-      // one synchronous write (durable when it returns: O_DSYNC), then the mark that makes it a message. No
-      // await on the way, so the caller answers in this same turn of the event loop.
+      // When cleanup is idle: into the reserved file with one synchronous write (durable when it returns:
+      // O_DSYNC), then the mark that makes it a message. No await on the way, so the caller answers in this
+      // same turn of the event loop.
       try {
-        this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
         writeAllSync(r.fd, this.takePending());
         pacer.syncDone(start, performance.now());
         chmodSync(r.path, COMMITTED_MODE);
       } catch (e) {
-        // Never acknowledged; as cleanupAfterFailure, without an await (there is no second descriptor).
+        // As cleanupAfterFailure, without an await (there is no second descriptor to close).
         this.closeReserved();
-        rmSync(r.path, { force: true });
-        this.store.reserved.refill();
+        this.removeUncommitted();
         throw e;
       }
       this.committed = true;
@@ -137,10 +137,13 @@ export class FileWriter implements QueueWriter {
   private async commitAsync(lengths: Buffer): Promise<void> {
     try {
       if (this.fh === null) {
-        // The whole message is still in memory (the common case): written once, lengths already right.
-        this.pending[0] = Buffer.concat([Buffer.from(MAGIC, 'latin1'), lengths]);
-        if (this.reserved !== null) await this.writeReserved(this.reserved);
-        else await this.flush();
+        // In memory, and cleanup busy (commit() wrote synchronously otherwise): a reserved file's write goes to
+        // the thread pool, so that other messages' writes overlap with it.
+        const r = this.reserved;
+        if (r !== null) {
+          const bufs = this.takePending();
+          await this.store.pacer.pooled(() => writeAll(r.fd, bufs), true);
+        } else await this.flush();
       } else {
         await this.flush();
         // Patch the message length into the fixed-width lengths line; no reader takes the file yet.
@@ -183,20 +186,6 @@ export class FileWriter implements QueueWriter {
     });
   }
 
-  // Writes the whole message into the reserved file (O_DSYNC: durable when the write returns), synchronously
-  // when cleanup is idle, else on the thread pool so that other messages' writes overlap with it.
-  private async writeReserved(r: Reserved): Promise<void> {
-    const bufs = this.takePending();
-    const pacer = this.store.pacer;
-    const start = performance.now();
-    if (pacer.sync(start)) {
-      writeAllSync(r.fd, bufs);
-      pacer.syncDone(start, performance.now());
-      return;
-    }
-    await pacer.pooled(() => writeAll(r.fd, bufs), true);
-  }
-
   private reservedClosed = false;
 
   private closeReserved(): void {
@@ -218,6 +207,10 @@ export class FileWriter implements QueueWriter {
     this.closeReserved();
     await this.fh?.close().catch(() => {});
     this.fh = null;
+    this.removeUncommitted();
+  }
+
+  private removeUncommitted(): void {
     if (this.committed) return;
     // Never acknowledged: the file goes. After a failed fsync of a renamed file the message must not stay
     // queued either (the client is told 4xx). A reserved file is still write-only, so no reader has it.
