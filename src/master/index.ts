@@ -7,7 +7,6 @@ import { mkdirSync, rmSync, writeFileSync, chownSync, statfs } from 'node:fs';
 import type { Server } from 'node:net';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import { parseDuration } from '../core/duration.ts';
@@ -19,6 +18,7 @@ import { closeInheritedFds, Supervised } from './children.ts';
 import { Orphans } from './orphans.ts';
 import { ensureCommandUser, ensureIdentities, secureSpool, type Identities } from './privilege.ts';
 import { assertNotRunning, assertSafeDirs, bindListeners, bindPrivate, lockSpool, serveControl, StartError } from './startup.ts';
+import { SmtpdWorkers } from './workers.ts';
 
 export { StartError } from './startup.ts';
 
@@ -34,20 +34,6 @@ export interface MasterDeps {
   readonly reloadConfig: () => Config;
 }
 
-
-interface Worker {
-  sup: Supervised;
-  /** IPs the anvil counts for this worker's process (released if it dies). */
-  ips: Map<string, number>;
-  listening: number;
-  ready: () => void;
-  /** Session slots leased to this worker and not yet used or returned (see Anvil.grant). */
-  lease: number;
-  /** The worker asked for (more) slots. */
-  wants: boolean;
-  /** A revoke was sent and its answer has not come back. */
-  revoking: boolean;
-}
 
 /** Starts Palisade; resolves with the exit code once it has stopped. */
 export async function runMaster(deps: MasterDeps, initial: Config): Promise<number> {
@@ -139,9 +125,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   const anvil = new Anvil(anvilLimits(cfg));
   // Shared state the smtpd workers need at every MAIL: stress mode and a spool short of space.
   const flags = { stress: false, diskLow: false };
-  const broadcast = () => {
-    for (const w of [...generation, ...retiring]) if (w.sup.child?.connected) w.sup.child.send({ type: 'flags', ...flags });
-  };
+  const broadcast = () => workers.broadcastFlags();
   anvil.onStress = (on) => {
     flags.stress = on;
     log.warn({ event: 'stress', on, sessions: anvil.sessions, max_sessions: cfg.smtp.max_sessions });
@@ -278,136 +262,14 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 
   // ---- smtpd workers ----
   const workerCount = cfg.smtp.workers > 0 ? cfg.smtp.workers : Math.max(1, cpus().length);
-  let generation: Worker[] = [];
-  // Workers of earlier generations (reload) finishing their sessions.
-  const retiring = new Set<Worker>();
-
-  function spawnWorker(index: number, config: Config, onReady: () => void): Worker {
-    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false };
-    w.sup = new Supervised({
-      role: 'smtpd',
-      grants: grants.smtpd,
-      index,
-      entry: deps.entry,
-      ...(ids ? { uid: ids.smtpd.uid, gid: ids.smtpd.gid } : {}),
-      onSpawn: (child) => {
-        w.listening = 0;
-        child.send({ type: 'init', role: 'smtpd', config: config, cleanupPath });
-        child.send({ type: 'flags', ...flags });
-        for (const h of handles) child.send({ type: 'listen', name: h.name, display: h.display }, h.handle as Server);
-        // Only the worker's current process speaks for it: a message of one already replaced is dropped.
-        child.on('message', (m: WorkerMessage) => {
-          if (w.sup.child === child) onWorkerMessage(w, child, m);
-        });
-      },
-      onExit: () => {
-        for (const [ip, n] of w.ips) for (let i = 0; i < n; i++) anvil.release(ip);
-        w.ips.clear();
-        anvil.unlease(Math.max(0, w.lease));
-        w.lease = 0;
-        w.wants = false;
-        w.revoking = false;
-      },
-    }, log);
-    w.sup.start();
-    return w;
-  }
-
-  function countOpen(w: Worker, ip: string): void {
-    w.ips.set(ip, (w.ips.get(ip) ?? 0) + 1);
-  }
-
-  // Uncounts a session of this worker from `ip`; false when it had none (nothing to uncount).
-  function countRelease(w: Worker, ip: string): boolean {
-    const n = w.ips.get(ip) ?? 0;
-    if (n === 0) return false;
-    anvil.release(ip);
-    if (n === 1) w.ips.delete(ip);
-    else w.ips.set(ip, n - 1);
-    return true;
-  }
-
-  // Leases: hands session slots to workers that asked while there is room, and calls them back near the limit.
-  function balanceLeases(): void {
-    const revoke = (w: Worker) => {
-      if (w.lease > 0 && !w.revoking && w.sup.child?.connected) {
-        w.revoking = true;
-        w.sup.child.send({ type: 'revoke' });
-      }
-    };
-    // A retiring worker (reload) takes no new connections: its slots go back at once.
-    for (const w of retiring) revoke(w);
-    if (anvil.overLeased) {
-      for (const w of generation) revoke(w);
-      return;
-    }
-    if (stopping) return;
-    const chunk = anvil.leaseChunk(generation.length);
-    if (chunk === 0) return;
-    for (const w of generation) {
-      if (!w.wants || w.revoking || !w.sup.child?.connected) continue;
-      const n = anvil.grant(w.lease, chunk);
-      if (n === 0) continue;
-      w.lease += n;
-      w.wants = false;
-      w.sup.child.send({ type: 'lease', n, chunk });
-    }
-  }
-
-  function onWorkerMessage(w: Worker, child: ChildProcess, m: WorkerMessage): void {
-    switch (m.type) {
-      case 'admit': {
-        const verdict = stopping ? 'global' : anvil.admit(m.ip, m.exempt);
-        if (verdict === 'ok') countOpen(w, m.ip);
-        if (child.connected) child.send({ type: 'admit', id: m.id, verdict });
-        balanceLeases();
-        return;
-      }
-      case 'message':
-        if (child.connected) child.send({ type: 'message', id: m.id, ok: m.kind === 'recipient' ? anvil.recipient(m.ip, m.exempt) : anvil.message(m.ip, m.exempt) });
-        return;
-      case 'sessions': {
-        // A worker's batch of session events since its last one: sessions it admitted with leased slots,
-        // sessions that ended (`kept`: their slots stay with the worker, which may have admitted this batch's
-        // later sessions on them already, so they count first), unused slots it gives back (after a revoke),
-        // and whether it wants more.
-        const kept = m.kept ?? [];
-        w.lease += kept.length;
-        anvil.relet(kept.length);
-        for (const ip of m.open) {
-          if (w.lease <= 0) continue; // never leased: ignore (a worker cannot mint slots)
-          w.lease--;
-          anvil.openLeased(ip);
-          countOpen(w, ip);
-        }
-        for (const ip of m.release) countRelease(w, ip);
-        for (const ip of kept) {
-          // Never counted here: it held no slot to keep.
-          if (!countRelease(w, ip)) {
-            w.lease--;
-            anvil.unlease(1);
-          }
-        }
-        if (m.returned > 0) {
-          const n = Math.min(m.returned, w.lease);
-          anvil.unlease(n);
-          w.lease -= n;
-        }
-        if (m.revoked) w.revoking = false;
-        if (m.want) w.wants = true;
-        balanceLeases();
-        return;
-      }
-      case 'listening':
-        w.listening++;
-        if (w.listening === handles.length) w.ready();
-        return;
-      case 'listen-error':
-        log.error({ event: 'listen-failed', listener: m.display, err: m.code });
-        failStart?.(new StartError(`cannot listen on ${m.display}: ${m.code}`, EXIT.unavailable));
-        return;
-    }
-  }
+  const workers = new SmtpdWorkers({
+    log, anvil, entry: deps.entry, grants: grants.smtpd, ids: ids ? ids.smtpd : null, cleanupPath, handles, flags,
+    stopping: () => stopping,
+    listenFailed: (display, code) => {
+      log.error({ event: 'listen-failed', listener: display, err: code });
+      failStart?.(new StartError(`cannot listen on ${display}: ${code}`, EXIT.unavailable));
+    },
+  }, workerCount);
 
   const startupTimeout = (what: string) => new Promise<never>((_, reject) => {
     setTimeout(() => reject(new StartError(`${what} did not start within 30 s`, EXIT.software)), 30_000).unref();
@@ -428,14 +290,10 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     ]);
     await Promise.race([new Promise<void>((r) => { qmgrReady = r; qmgr.start(); }), startupTimeout('qmgr'), failed]);
     qmgrReady = () => {};
-    await Promise.race([
-      Promise.all(Array.from({ length: workerCount }, (_, i) => new Promise<void>((r) => generation.push(spawnWorker(i, cfg, r))))),
-      startupTimeout('smtpd'),
-      failed,
-    ]);
+    await Promise.race([workers.start(cfg), startupTimeout('smtpd'), failed]);
   } catch (e) {
     stopping = true;
-    await Promise.all(generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
+    await workers.abort();
     await qmgr.stop({ type: 'stop', deadlineMs: 0 }, 2000);
     await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 2000)));
     await commandAgent?.stop({ type: 'drain' }, 2000);
@@ -454,7 +312,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     const drainMs = parseDuration(cfg.server.drain_timeout)!;
     log.info({ event: 'stopping', reason, drain_timeout_ms: drainMs });
     clearInterval(diskTimer);
-    await Promise.all([...generation, ...retiring].map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
+    await workers.stop(drainMs);
     // Deliveries in flight may finish (they need cleanup for DSNs); the rest repeat after restart.
     await qmgr.stop({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
     await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 5000)));
@@ -487,19 +345,11 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       if (commandHandle !== null && next.local.command_user !== cfg.local.command_user) log.warn({ event: 'reload-partial', note: 'local.command_user changes only on restart' });
       cfg = { ...next, smtp: { ...next.smtp, listen: cfg.smtp.listen }, queue: { ...next.queue, dir: cfg.queue.dir } };
       anvil.setLimits(anvilLimits(cfg));
-      // New workers take new connections; the old ones finish their sessions, then exit.
-      const old = generation;
-      const fresh: Worker[] = [];
-      await Promise.all(Array.from({ length: workerCount }, (_, i) => new Promise<void>((r) => fresh.push(spawnWorker(i, cfg, r)))));
-      generation = fresh;
       const drainMs = parseDuration(cfg.server.drain_timeout)!;
-      // Established sessions are not dropped (as Postfix's reload): the old workers stop listening and exit
-      // once their clients are done; only a session still there after RETIRE_MS is drained.
-      for (const w of old) {
-        retiring.add(w);
-        void w.sup.stop({ type: 'retire', deadlineMs: RETIRE_MS, drainMs }, RETIRE_MS + drainMs + 5000).then(() => retiring.delete(w));
-      }
-      balanceLeases(); // the retiring workers' slots come back; the new ones may get theirs
+      // New workers take new connections. Established sessions are not dropped (as Postfix's reload): the old
+      // workers stop listening and exit once their clients are done; only a session still there after
+      // RETIRE_MS is drained.
+      await workers.replace(cfg, RETIRE_MS, drainMs);
       cleanup.child?.send({ type: 'config', config: cfg });
       // qmgr and the delivery agents start over with the new config: qmgr lets its deliveries finish,
       // then the (now idle) agents are replaced; the new qmgr picks the queue up from disk.
@@ -516,7 +366,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   async function handleControl(cmd: { cmd?: string }): Promise<unknown> {
     switch (cmd.cmd) {
       case 'status':
-        return { ok: true, pid: process.pid, sessions: anvil.sessions, leased: anvil.leasedSlots, stress: flags.stress, disk_low: flags.diskLow, workers: generation.length, qmgr: await askQmgr({ cmd: 'status' }) };
+        return { ok: true, pid: process.pid, sessions: anvil.sessions, leased: anvil.leasedSlots, stress: flags.stress, disk_low: flags.diskLow, workers: workers.size, qmgr: await askQmgr({ cmd: 'status' }) };
       case 'stop':
         setImmediate(() => void shutdown('control'));
         return { ok: true };
@@ -539,13 +389,6 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   if (earlySignal !== null) void shutdown(earlySignal);
   return done;
 }
-
-type WorkerMessage =
-  | { type: 'admit'; id: number; ip: string; exempt: boolean }
-  | { type: 'sessions'; open: string[]; release: string[]; kept?: string[]; returned: number; revoked: boolean; want: boolean }
-  | { type: 'message'; id: number; ip: string; exempt: boolean; kind?: 'message' | 'recipient' }
-  | { type: 'listening'; display: string }
-  | { type: 'listen-error'; display: string; code: string };
 
 function anvilLimits(cfg: Config) {
   return {

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: MIT
+// SmtpdWorkers: master's side of the smtpd worker processes. Starts them with the listening handles, keeps
+// the anvil's count of their sessions (those master admitted, and those a worker admitted on session slots
+// leased to it), hands out and calls back leases, replaces a generation on reload while the old one finishes
+// its sessions, and gives a dead worker's sessions and slots back.
+
+import type { ChildProcess } from 'node:child_process';
+import type { Server } from 'node:net';
+import type { Config } from '../config/index.ts';
+import type { Logger } from '../log/index.ts';
+import type { Anvil } from '../policy/index.ts';
+import { Supervised, type Grants } from './children.ts';
+import type { ListenHandle } from './startup.ts';
+
+/** What the workers need from master. */
+export interface SmtpdWorkersDeps {
+  readonly log: Logger;
+  readonly anvil: Anvil;
+  /** Path of src/main.ts. */
+  readonly entry: string;
+  /** The smtpd role's permission-model grants, asked at each (re)start. */
+  readonly grants: () => Grants;
+  /** The smtpd service user, or null without the privilege drop. */
+  readonly ids: { readonly uid: number; readonly gid: number } | null;
+  readonly cleanupPath: string;
+  readonly handles: readonly ListenHandle[];
+  /** Shared state the workers need at every MAIL (stress mode, spool short of space); sent on change. */
+  readonly flags: { readonly stress: boolean; readonly diskLow: boolean };
+  /** Master is stopping: nobody is admitted, no slots are leased. */
+  readonly stopping: () => boolean;
+  /** A worker could not listen on a handle (start-up fails). */
+  readonly listenFailed: (display: string, code: string) => void;
+}
+
+interface Worker {
+  sup: Supervised;
+  /** IPs the anvil counts for this worker's process (released if it dies). */
+  ips: Map<string, number>;
+  listening: number;
+  ready: () => void;
+  /** Session slots leased to this worker and not yet used or returned (see Anvil.grant). */
+  lease: number;
+  /** The worker asked for (more) slots. */
+  wants: boolean;
+  /** A revoke was sent and its answer has not come back. */
+  revoking: boolean;
+}
+
+type WorkerMessage =
+  | { type: 'admit'; id: number; ip: string; exempt: boolean }
+  | { type: 'sessions'; open: string[]; release: string[]; kept?: string[]; returned: number; revoked: boolean; want: boolean }
+  | { type: 'message'; id: number; ip: string; exempt: boolean; kind?: 'message' | 'recipient' }
+  | { type: 'listening'; display: string }
+  | { type: 'listen-error'; display: string; code: string };
+
+/** The smtpd worker processes: the current generation, and the ones a reload retired. */
+export class SmtpdWorkers {
+  private readonly deps: SmtpdWorkersDeps;
+  private readonly count: number;
+  private generation: Worker[] = [];
+  // Workers of earlier generations (reload) finishing their sessions.
+  private readonly retiring = new Set<Worker>();
+
+  constructor(deps: SmtpdWorkersDeps, count: number) {
+    this.deps = deps;
+    this.count = count;
+  }
+
+  /** Workers taking new connections. */
+  get size(): number {
+    return this.generation.length;
+  }
+
+  /** Starts the first generation; resolves once every worker listens on every handle. */
+  async start(config: Config): Promise<void> {
+    await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => this.generation.push(this.spawn(i, config, r)))));
+  }
+
+  /**
+   * Reload: a new generation takes new connections once it listens; the old one stops listening and each of
+   * its workers exits once its clients are done (a session still there after `retireMs` is drained).
+   */
+  async replace(config: Config, retireMs: number, drainMs: number): Promise<void> {
+    const old = this.generation;
+    const fresh: Worker[] = [];
+    await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => fresh.push(this.spawn(i, config, r)))));
+    this.generation = fresh;
+    for (const w of old) {
+      this.retiring.add(w);
+      void w.sup.stop({ type: 'retire', deadlineMs: retireMs, drainMs }, retireMs + drainMs + 5000).then(() => this.retiring.delete(w));
+    }
+    this.balanceLeases(); // the retiring workers' slots come back; the new ones may get theirs
+  }
+
+  /** Sends the current flags to every worker. */
+  broadcastFlags(): void {
+    for (const w of this.all()) if (w.sup.child?.connected) w.sup.child.send({ type: 'flags', ...this.deps.flags });
+  }
+
+  /** Drains every worker's sessions (at most `drainMs`), then stops them. */
+  async stop(drainMs: number): Promise<void> {
+    await Promise.all(this.all().map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
+  }
+
+  /** After a failed start: stops what was started, at once. */
+  async abort(): Promise<void> {
+    await Promise.all(this.generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
+  }
+
+  private all(): Worker[] {
+    return [...this.generation, ...this.retiring];
+  }
+
+  private spawn(index: number, config: Config, onReady: () => void): Worker {
+    const { anvil, ids } = this.deps;
+    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false };
+    w.sup = new Supervised({
+      role: 'smtpd',
+      grants: this.deps.grants,
+      index,
+      entry: this.deps.entry,
+      ...(ids ? { uid: ids.uid, gid: ids.gid } : {}),
+      onSpawn: (child) => {
+        w.listening = 0;
+        child.send({ type: 'init', role: 'smtpd', config, cleanupPath: this.deps.cleanupPath });
+        child.send({ type: 'flags', ...this.deps.flags });
+        for (const h of this.deps.handles) child.send({ type: 'listen', name: h.name, display: h.display }, h.handle as Server);
+        // Only the worker's current process speaks for it: a message of one already replaced is dropped.
+        child.on('message', (m: WorkerMessage) => {
+          if (w.sup.child === child) this.onMessage(w, child, m);
+        });
+      },
+      onExit: () => {
+        for (const [ip, n] of w.ips) for (let i = 0; i < n; i++) anvil.release(ip);
+        w.ips.clear();
+        anvil.unlease(Math.max(0, w.lease));
+        w.lease = 0;
+        w.wants = false;
+        w.revoking = false;
+      },
+    }, this.deps.log);
+    w.sup.start();
+    return w;
+  }
+
+  private countOpen(w: Worker, ip: string): void {
+    w.ips.set(ip, (w.ips.get(ip) ?? 0) + 1);
+  }
+
+  // Uncounts a session of this worker from `ip`; false when it had none (nothing to uncount).
+  private countRelease(w: Worker, ip: string): boolean {
+    const n = w.ips.get(ip) ?? 0;
+    if (n === 0) return false;
+    this.deps.anvil.release(ip);
+    if (n === 1) w.ips.delete(ip);
+    else w.ips.set(ip, n - 1);
+    return true;
+  }
+
+  // Leases: hands session slots to workers that asked while there is room, and calls them back near the limit.
+  private balanceLeases(): void {
+    const anvil = this.deps.anvil;
+    const revoke = (w: Worker) => {
+      if (w.lease > 0 && !w.revoking && w.sup.child?.connected) {
+        w.revoking = true;
+        w.sup.child.send({ type: 'revoke' });
+      }
+    };
+    // A retiring worker (reload) takes no new connections: its slots go back at once.
+    for (const w of this.retiring) revoke(w);
+    if (anvil.overLeased) {
+      for (const w of this.generation) revoke(w);
+      return;
+    }
+    if (this.deps.stopping()) return;
+    const chunk = anvil.leaseChunk(this.generation.length);
+    if (chunk === 0) return;
+    for (const w of this.generation) {
+      if (!w.wants || w.revoking || !w.sup.child?.connected) continue;
+      const n = anvil.grant(w.lease, chunk);
+      if (n === 0) continue;
+      w.lease += n;
+      w.wants = false;
+      w.sup.child.send({ type: 'lease', n, chunk });
+    }
+  }
+
+  private onMessage(w: Worker, child: ChildProcess, m: WorkerMessage): void {
+    const anvil = this.deps.anvil;
+    switch (m.type) {
+      case 'admit': {
+        const verdict = this.deps.stopping() ? 'global' : anvil.admit(m.ip, m.exempt);
+        if (verdict === 'ok') this.countOpen(w, m.ip);
+        if (child.connected) child.send({ type: 'admit', id: m.id, verdict });
+        this.balanceLeases();
+        return;
+      }
+      case 'message':
+        if (child.connected) child.send({ type: 'message', id: m.id, ok: m.kind === 'recipient' ? anvil.recipient(m.ip, m.exempt) : anvil.message(m.ip, m.exempt) });
+        return;
+      case 'sessions':
+        this.onSessions(w, m);
+        this.balanceLeases();
+        return;
+      case 'listening':
+        w.listening++;
+        if (w.listening === this.deps.handles.length) w.ready();
+        return;
+      case 'listen-error':
+        this.deps.listenFailed(m.display, m.code);
+        return;
+    }
+  }
+
+  /**
+   * A worker's batch of session events since its last one: sessions it admitted with leased slots, sessions
+   * that ended (`kept`: their slots stay with the worker, which may have admitted this batch's later sessions
+   * on them already, so they count first), unused slots it gives back (after a revoke), and whether it wants
+   * more.
+   */
+  private onSessions(w: Worker, m: Extract<WorkerMessage, { type: 'sessions' }>): void {
+    const anvil = this.deps.anvil;
+    const kept = m.kept ?? [];
+    w.lease += kept.length;
+    anvil.relet(kept.length);
+    for (const ip of m.open) {
+      if (w.lease <= 0) continue; // never leased: ignore (a worker cannot mint slots)
+      w.lease--;
+      anvil.openLeased(ip);
+      this.countOpen(w, ip);
+    }
+    for (const ip of m.release) this.countRelease(w, ip);
+    for (const ip of kept) {
+      // Never counted here: it held no slot to keep.
+      if (!this.countRelease(w, ip)) {
+        w.lease--;
+        anvil.unlease(1);
+      }
+    }
+    if (m.returned > 0) {
+      const n = Math.min(m.returned, w.lease);
+      anvil.unlease(n);
+      w.lease -= n;
+    }
+    if (m.revoked) w.revoking = false;
+    if (m.want) w.wants = true;
+  }
+}
