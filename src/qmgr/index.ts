@@ -9,14 +9,13 @@ import { promises as fsp, renameSync } from 'node:fs';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
-import type { Notify } from '../core/envelope.ts';
 import { parseDuration } from '../core/duration.ts';
 import { RequestPool, submit } from '../ipc/index.ts';
-import { QueueStore, QUEUE_ID, type MessageState, type QueueEnvelope, type StateRecord } from '../queue/index.ts';
-import { buildDsn, type DsnRecipient } from '../bounce/index.ts';
+import { QueueStore, QUEUE_ID, type MessageState, type StateRecord } from '../queue/index.ts';
+import { buildDsn } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
 import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
-import { readRecords } from './records.ts';
+import { dsnLists, dsnRecipient, expire, messageOf, type Msg } from './message.ts';
 import { classify } from './classify.ts';
 import { createControl, type ControlAnswer, type QmgrCommand } from './control.ts';
 
@@ -46,45 +45,6 @@ export interface Qmgr {
   /** Stops scheduling and waits for deliveries in flight (at most `ms`). */
   stop(ms: number): Promise<void>;
 }
-
-type RcptStatus = 'pending' | 'deferred' | 'sent' | 'bounced';
-
-interface Rcpt {
-  readonly address: string;
-  readonly notify?: readonly Notify[];
-  readonly orcpt?: string;
-  status: RcptStatus;
-  dsn: string;
-  reply: string;
-  relay: string;
-  /** How a "sent" recipient left us when it was relayed (see RecipientResult.relayed). */
-  relayed?: 'dsn' | 'plain';
-  at: number;
-  /** Outcome of this round still to be reported in a DSN. */
-  report: boolean;
-}
-
-interface Msg {
-  readonly id: string;
-  state: MessageState;
-  readonly env: QueueEnvelope;
-  readonly arrival: number;
-  readonly eightBit: boolean;
-  readonly offset: number;
-  readonly length: number;
-  readonly rcpts: Rcpt[];
-  inFlight: number;
-  /** Rounds that tried a delivery (the backoff exponent); a round a dead destination deferred at once is not one. */
-  attempts: number;
-  /** This round handed at least one job to a delivery agent. */
-  tried: boolean;
-  warned: boolean;
-  pendingAction: 'hold' | 'delete' | null;
-  /** Outcomes of this round not yet written to the file. */
-  unsaved: StateRecord[];
-}
-
-const DEFAULT_NOTIFY: readonly Notify[] = ['FAILURE', 'DELAY'];
 
 /** Creates the queue manager. */
 export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
@@ -154,38 +114,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         await fsp.rename(store.path('active', id), store.path('corrupt', id)).catch(() => {});
         return false;
       }
-      const { last, warned, attempts } = readRecords(q.records);
-      const m: Msg = {
-        id,
-        state: 'active',
-        env: q.envelope,
-        arrival: Date.parse(q.envelope.arrival),
-        eightBit: q.eightBit,
-        offset: q.messageOffset,
-        length: q.messageLength,
-        rcpts: q.envelope.recipients.map((r, i) => {
-          const rec = last.get(i);
-          return {
-            address: r.address,
-            ...(r.notify ? { notify: r.notify } : {}),
-            ...(r.orcpt ? { orcpt: r.orcpt } : {}),
-            status: rec?.state ?? 'pending',
-            dsn: rec?.dsn ?? '',
-            reply: rec?.reply ?? '',
-            relay: '',
-            at: rec ? Date.parse(rec.at) : 0,
-            // A delivery agent's mark for a recipient still owed its success DSN (its qmgr died first).
-            report: rec?.state === 'sent' && rec.success_owed === true,
-            ...(rec?.success_owed === true && rec.relayed ? { relayed: rec.relayed } : {}),
-          };
-        }),
-        inFlight: 0,
-        attempts,
-        tried: false,
-        warned,
-        pendingAction: null,
-        unsaved: [],
-      };
+      const m = messageOf(id, q);
       active.set(id, m);
       deferred.delete(id);
       if (expireOnly) void finishRound(m);
@@ -306,10 +235,6 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
     return store.appendStates(m.state, m.id, recs);
   }
 
-  function wants(r: Rcpt, what: Notify): boolean {
-    return (r.notify ?? DEFAULT_NOTIFY).includes(what);
-  }
-
   // After every job of a round has answered: DSNs, then remove, hold or defer the message.
   async function finishRound(m: Msg): Promise<void> {
     try {
@@ -322,18 +247,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       const t = now();
       const expired = t - m.arrival >= lifetime;
       if (expired) {
-        const recs: StateRecord[] = [];
-        for (const [i, r] of m.rcpts.entries()) {
-          if (r.status === 'deferred' || r.status === 'pending') {
-            const last = r.reply ? ` (last reply: ${r.reply})` : '';
-            r.status = 'bounced';
-            r.dsn = '5.4.7';
-            r.reply = `message expired after ${cfg.queue.lifetime} in the queue${last}`;
-            r.at = t;
-            r.report = true;
-            m.unsaved.push({ rcpt: i, state: 'bounced', dsn: r.dsn, reply: r.reply, at: new Date(t).toISOString() });
-            log.info({ event: 'delivery', qid: m.id, to: r.address, relay: 'none', delay: Math.round((t - m.arrival) / 100) / 10, dsn: r.dsn, status: 'bounced', reply: r.reply });
-          }
+        for (const r of expire(m, t, cfg.queue.lifetime)) {
+          log.info({ event: 'delivery', qid: m.id, to: r.address, relay: 'none', delay: Math.round((t - m.arrival) / 100) / 10, dsn: r.dsn, status: 'bounced', reply: r.reply });
         }
       }
       if (!(await sendDsns(m, t))) {
@@ -399,35 +314,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
 
   // Sends the DSNs this round calls for; false when injection failed (retry later).
   async function sendDsns(m: Msg, t: number): Promise<boolean> {
-    // A message from <> that failed is held for the postmaster whatever its NOTIFY says (Palisade's own DSNs go
-    // out with NOTIFY=NEVER), once its other recipients are done (so they are not held with it): its bounced
-    // recipients, of this round or earlier ones, become deferred again in hold/. Other senders get a failure
-    // DSN where NOTIFY allows.
-    const nullSender = m.env.sender === '';
-    const othersOpen = m.rcpts.some((r) => r.status === 'deferred' || r.status === 'pending');
-    const failed = nullSender
-      ? (othersOpen ? [] : m.rcpts.filter((r) => r.status === 'bounced'))
-      : m.rcpts.filter((r) => r.report && r.status === 'bounced' && wants(r, 'FAILURE'));
-    // RFC 3461 §5.2.1: a next hop that took NOTIFY=SUCCESS reports success itself; we do not as well.
-    const success = m.rcpts.filter((r) => r.report && r.status === 'sent' && wants(r, 'SUCCESS') && r.relayed !== 'dsn');
-    const age = t - m.arrival;
-    const delayed = !m.warned && delayWarning > 0 && age >= delayWarning
-      ? m.rcpts.filter((r) => r.status === 'deferred' && wants(r, 'DELAY'))
-      : [];
-    const toDsn = (r: Rcpt, kind: DsnRecipient['action']): DsnRecipient => {
-      // RFC 3461 §5.2.2: relayed to a next hop without DSN is reported as "relayed", not "delivered".
-      const action = kind === 'delivered' && r.relayed === 'plain' ? 'relayed' : kind;
-      return {
-        address: r.address,
-        ...(r.orcpt ? { orcpt: r.orcpt } : {}),
-        action,
-        status: r.dsn || (action === 'delivered' || action === 'relayed' ? '2.0.0' : action === 'delayed' ? '4.0.0' : '5.0.0'),
-        diagnostic: r.reply,
-        remoteMta: r.relay === 'local' ? '' : r.relay,
-        lastAttempt: new Date(r.at || t),
-        ...(action === 'delayed' ? { willRetryUntil: new Date(m.arrival + lifetime) } : {}),
-      };
-    };
+    const { failed, success, delayed } = dsnLists(m, t, delayWarning);
     for (const [list, action] of [[failed, 'failed'], [success, 'delivered'], [delayed, 'delayed']] as const) {
       if (list.length === 0) continue;
       if (m.env.sender === '') {
@@ -443,7 +330,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       }
       const dsn = buildDsn({
         hostname: cfg.server.hostname, qid: m.id, sender: m.env.sender, ...(m.env.envid !== undefined ? { envid: m.env.envid } : {}),
-        ...(m.env.ret ? { ret: m.env.ret } : {}), arrival: new Date(m.arrival), recipients: list.map((r) => toDsn(r, action)),
+        ...(m.env.ret ? { ret: m.env.ret } : {}), arrival: new Date(m.arrival), recipients: list.map((r) => dsnRecipient(r, action, t, m.arrival + lifetime)),
         file: store.path(m.state, m.id), offset: m.offset, length: m.length, eightBit: m.eightBit,
       })!;
       const res = await submit(deps.cleanupPath, dsn.envelope, dsn.parts);

@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: MIT
+// A message in qmgr's active set: its recipients' outcomes so far, as loaded from its queue file and updated
+// by each round; and the choices made from them alone: which recipients a round's DSNs report, and how.
+
+import type { Notify } from '../core/envelope.ts';
+import type { MessageState, ParsedQueueFile, QueueEnvelope, StateRecord } from '../queue/index.ts';
+import type { DsnRecipient } from '../bounce/index.ts';
+import { readRecords } from './records.ts';
+
+type RcptStatus = 'pending' | 'deferred' | 'sent' | 'bounced';
+
+/** One recipient of an active message. */
+export interface Rcpt {
+  readonly address: string;
+  readonly notify?: readonly Notify[];
+  readonly orcpt?: string;
+  status: RcptStatus;
+  dsn: string;
+  reply: string;
+  relay: string;
+  /** How a "sent" recipient left us when it was relayed (see RecipientResult.relayed). */
+  relayed?: 'dsn' | 'plain';
+  at: number;
+  /** Outcome of this round still to be reported in a DSN. */
+  report: boolean;
+}
+
+/** A message in the active set. */
+export interface Msg {
+  readonly id: string;
+  state: MessageState;
+  readonly env: QueueEnvelope;
+  readonly arrival: number;
+  readonly eightBit: boolean;
+  readonly offset: number;
+  readonly length: number;
+  readonly rcpts: Rcpt[];
+  inFlight: number;
+  /** Rounds that tried a delivery (the backoff exponent); a round a dead destination deferred at once is not one. */
+  attempts: number;
+  /** This round handed at least one job to a delivery agent. */
+  tried: boolean;
+  warned: boolean;
+  pendingAction: 'hold' | 'delete' | null;
+  /** Outcomes of this round not yet written to the file. */
+  unsaved: StateRecord[];
+}
+
+const DEFAULT_NOTIFY: readonly Notify[] = ['FAILURE', 'DELAY'];
+
+/** Whether the recipient's NOTIFY (default FAILURE,DELAY) asks for `what`. */
+export function wants(r: Rcpt, what: Notify): boolean {
+  return (r.notify ?? DEFAULT_NOTIFY).includes(what);
+}
+
+/** The active-set entry for a queue file just read from active/. */
+export function messageOf(id: string, q: ParsedQueueFile): Msg {
+  const { last, warned, attempts } = readRecords(q.records);
+  return {
+    id,
+    state: 'active',
+    env: q.envelope,
+    arrival: Date.parse(q.envelope.arrival),
+    eightBit: q.eightBit,
+    offset: q.messageOffset,
+    length: q.messageLength,
+    rcpts: q.envelope.recipients.map((r, i) => {
+      const rec = last.get(i);
+      return {
+        address: r.address,
+        ...(r.notify ? { notify: r.notify } : {}),
+        ...(r.orcpt ? { orcpt: r.orcpt } : {}),
+        status: rec?.state ?? 'pending',
+        dsn: rec?.dsn ?? '',
+        reply: rec?.reply ?? '',
+        relay: '',
+        at: rec ? Date.parse(rec.at) : 0,
+        // A delivery agent's mark for a recipient still owed its success DSN (its qmgr died first).
+        report: rec?.state === 'sent' && rec.success_owed === true,
+        ...(rec?.success_owed === true && rec.relayed ? { relayed: rec.relayed } : {}),
+      };
+    }),
+    inFlight: 0,
+    attempts,
+    tried: false,
+    warned,
+    pendingAction: null,
+    unsaved: [],
+  };
+}
+
+/**
+ * The queue lifetime is over: every recipient not finished bounces (5.4.7, with its last reply), recorded in
+ * `m.unsaved`. Returns the recipients it bounced.
+ */
+export function expire(m: Msg, t: number, lifetime: string): Rcpt[] {
+  const out: Rcpt[] = [];
+  for (const [i, r] of m.rcpts.entries()) {
+    if (r.status !== 'deferred' && r.status !== 'pending') continue;
+    const last = r.reply ? ` (last reply: ${r.reply})` : '';
+    r.status = 'bounced';
+    r.dsn = '5.4.7';
+    r.reply = `message expired after ${lifetime} in the queue${last}`;
+    r.at = t;
+    r.report = true;
+    m.unsaved.push({ rcpt: i, state: 'bounced', dsn: r.dsn, reply: r.reply, at: new Date(t).toISOString() });
+    out.push(r);
+  }
+  return out;
+}
+
+/** The recipients each kind of DSN of this round reports. */
+export interface DsnLists {
+  readonly failed: Rcpt[];
+  readonly success: Rcpt[];
+  readonly delayed: Rcpt[];
+}
+
+/**
+ * Who this round's DSNs are about, at time `t` (`delayWarning` 0 = no delay DSNs). A message from <> that
+ * failed is held for the postmaster whatever its NOTIFY says (Palisade's own DSNs go out with NOTIFY=NEVER),
+ * once its other recipients are done (so they are not held with it): all its bounced recipients, of this round
+ * or earlier ones. Other senders get a failure DSN where NOTIFY allows.
+ */
+export function dsnLists(m: Msg, t: number, delayWarning: number): DsnLists {
+  const othersOpen = m.rcpts.some((r) => r.status === 'deferred' || r.status === 'pending');
+  const failed = m.env.sender === ''
+    ? (othersOpen ? [] : m.rcpts.filter((r) => r.status === 'bounced'))
+    : m.rcpts.filter((r) => r.report && r.status === 'bounced' && wants(r, 'FAILURE'));
+  // RFC 3461 §5.2.1: a next hop that took NOTIFY=SUCCESS reports success itself; we do not as well.
+  const success = m.rcpts.filter((r) => r.report && r.status === 'sent' && wants(r, 'SUCCESS') && r.relayed !== 'dsn');
+  const delayed = !m.warned && delayWarning > 0 && t - m.arrival >= delayWarning
+    ? m.rcpts.filter((r) => r.status === 'deferred' && wants(r, 'DELAY'))
+    : [];
+  return { failed, success, delayed };
+}
+
+/** One recipient's part of a DSN; `retryUntil` is when the message expires (for delays). */
+export function dsnRecipient(r: Rcpt, kind: DsnRecipient['action'], t: number, retryUntil: number): DsnRecipient {
+  // RFC 3461 §5.2.2: relayed to a next hop without DSN is reported as "relayed", not "delivered".
+  const action = kind === 'delivered' && r.relayed === 'plain' ? 'relayed' : kind;
+  return {
+    address: r.address,
+    ...(r.orcpt ? { orcpt: r.orcpt } : {}),
+    action,
+    status: r.dsn || (action === 'delivered' || action === 'relayed' ? '2.0.0' : action === 'delayed' ? '4.0.0' : '5.0.0'),
+    diagnostic: r.reply,
+    remoteMta: r.relay === 'local' ? '' : r.relay,
+    lastAttempt: new Date(r.at || t),
+    ...(action === 'delayed' ? { willRetryUntil: new Date(retryUntil) } : {}),
+  };
+}
