@@ -4,11 +4,10 @@
 // with backpressure. Never holds a whole message in memory.
 
 import type { Socket } from 'node:net';
-import { TextDecoder } from 'node:util';
 import type { Logger } from '../log/index.ts';
 import { formatReply, R, reply, type Reply } from '../core/reply.ts';
-import { parseCommand } from './parser.ts';
-import { DataReader, LineEndChecker } from './data.ts';
+import { MAX_COMMAND_LINE, parseCommand, takeLine } from './parser.ts';
+import { BdatBody, Chunking, DataBody, type Fed } from './body.ts';
 import { CleanupTransaction, type CleanupPool, type CleanupResult } from './cleanup-client.ts';
 import {
   canStartBody, envelopeOf, greeting, hello, mail, newSession, rcpt, resetTransaction,
@@ -16,8 +15,6 @@ import {
 } from './session.ts';
 import type { RecipientPolicy } from './relay.ts';
 
-// RFC 5321 §4.5.3.1.4 sets 512 octets; extensions (DSN ORCPT, SMTPUTF8) make longer lines legitimate.
-export const MAX_COMMAND_LINE = 2048;
 // Unprocessed input kept while a command runs (pipelining); past it the socket is paused.
 const MAX_PENDING_INPUT = 256 * 1024;
 
@@ -40,8 +37,6 @@ export interface ConnectionDeps {
   readonly recipientRate: ((ip: string) => true | Promise<boolean>) | null;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
 type Mode = 'cmd' | 'data' | 'bdat' | 'closed';
 
 /** One SMTP session over `sock`; call start() once the client is admitted. */
@@ -55,16 +50,9 @@ export class Connection {
   private discarding = false;
   private out = '';
   private errors = 0;
-  private tx: CleanupTransaction | null = null;
-  private reader: DataReader | null = null;
-  private tooBig = false;
-  // BDAT state
-  private bdatRemaining = 0;
-  private bdatLast = false;
-  private bdatSize = 0;
-  private bdatError: Reply | null = null;
-  private bdatFailed: Reply | null = null;
-  private checker: LineEndChecker | null = null;
+  // The open transaction's body: DATA's while in data mode; BDAT's from its first chunk to its LAST.
+  private body: DataBody | BdatBody | null = null;
+  private readonly chunking = new Chunking();
   private stopping = false;
   private readonly started = Date.now();
   private timeoutMs = 0;
@@ -132,7 +120,7 @@ export class Connection {
 
   // Between transactions: nothing would be lost by closing now.
   private idle(): boolean {
-    return this.mode === 'cmd' && this.session.sender === undefined && this.bdatFailed === null;
+    return this.mode === 'cmd' && this.session.sender === undefined && this.chunking.failed === null;
   }
 
   private currentTimeout(): number {
@@ -164,20 +152,12 @@ export class Connection {
       while (this.mode !== 'closed') {
         // A feed that waited for cleanup to drain may return with more input buffered meanwhile: no new
         // 'data' event will come for it, so go round again instead of stopping.
-        if (this.mode === 'data') {
-          if (!(await this.feedData())) {
+        if (this.mode === 'data' || this.mode === 'bdat') {
+          if (!(await this.feedBody())) {
             if (this.buf.length > 0) continue;
             break;
           }
-          await this.finishData();
-          continue;
-        }
-        if (this.mode === 'bdat') {
-          if (!(await this.feedBdat())) {
-            if (this.buf.length > 0) continue;
-            break;
-          }
-          await this.finishBdatChunk();
+          await (this.mode === 'data' ? this.finishData() : this.finishBdatChunk());
           continue;
         }
         const line = this.nextLine();
@@ -216,8 +196,8 @@ export class Connection {
 
   // Returns a command line, true when a line was consumed with a reply already queued, or null for "need more".
   private nextLine(): string | true | null {
-    const lf = this.buf.indexOf(0x0a);
-    if (lf < 0) {
+    const t = takeLine(this.buf, this.discarding);
+    if (t.kind === 'none') {
       if (this.buf.length > MAX_COMMAND_LINE) {
         // Overlong: drop what we have and keep dropping to the next LF, then answer once.
         this.discarding = true;
@@ -225,32 +205,11 @@ export class Connection {
       }
       return null;
     }
-    const raw = this.buf.subarray(0, lf + 1);
-    this.buf = this.buf.subarray(lf + 1);
-    if (this.discarding || raw.length > MAX_COMMAND_LINE + 2) {
-      this.discarding = false;
-      this.error(R.lineTooLong);
-      return true;
-    }
-    if (lf === 0 || raw[lf - 1] !== 0x0d) {
-      this.error(R.bareLfCommand);
-      return true;
-    }
-    const content = raw.subarray(0, raw.length - 2);
-    if (content.indexOf(0x0d) >= 0) {
-      this.error(R.bareLfCommand);
-      return true;
-    }
-    if (content.indexOf(0) >= 0) {
-      this.error(R.nulInCommand);
-      return true;
-    }
-    try {
-      return utf8.decode(content);
-    } catch {
-      this.error(reply(500, '5.5.2', 'Invalid UTF-8 in command'));
-      return true;
-    }
+    this.buf = t.rest;
+    this.discarding = false;
+    if (t.kind === 'line') return t.line;
+    this.error(t.reply);
+    return true;
   }
 
   // Answers one command; returns a promise only when the answer has to wait (the per-IP rate checks).
@@ -331,10 +290,13 @@ export class Connection {
   // RSET, EHLO and HELO end the transaction (RFC 5321 §4.1.1.5): BDAT chunks already taken go with it, so a
   // later transaction can never inherit their bytes or their envelope.
   private discardBody(): void {
-    if (this.tx !== null) this.tx.abort();
-    this.tx = null;
-    this.checker = null;
-    this.bdatFailed = null;
+    this.abandonBody();
+    this.chunking.failed = null;
+  }
+
+  private abandonBody(): void {
+    this.body?.tx.abort();
+    this.body = null;
   }
 
   private startData(args: string): void {
@@ -342,57 +304,47 @@ export class Connection {
     const refusal = canStartBody(this.session, 'DATA');
     if (refusal !== null) return this.answer(refusal);
     this.session.bodyMode = 'DATA';
-    this.tx = new CleanupTransaction(this.deps.cleanup, envelopeOf(this.session));
-    this.reader = new DataReader();
-    this.tooBig = false;
+    this.body = new DataBody(this.transaction(), this.deps.limits.maxMessageSize);
     this.mode = 'data';
     this.send(R.startData);
     this.flush();
   }
 
-  // Feeds buffered input to the DATA reader; true when the end of data was reached.
-  private async feedData(): Promise<boolean> {
-    const reader = this.reader!;
-    const tx = this.tx!;
-    if (this.buf.length === 0) return false;
-    const input = this.buf;
-    const res = reader.push(input);
-    this.buf = res.done ? input.subarray(res.consumed) : Buffer.alloc(0);
-    if (!this.tooBig && reader.size > this.deps.limits.maxMessageSize) {
-      this.tooBig = true;
-      tx.abort();
+  private transaction(): CleanupTransaction {
+    return new CleanupTransaction(this.deps.cleanup, envelopeOf(this.session));
+  }
+
+  // Feeds buffered input to the body (DATA) or the current chunk (BDAT); true when it is complete.
+  private async feedBody(): Promise<boolean> {
+    if (this.buf.length === 0 && this.mode === 'data') return false;
+    const fed: Fed = this.mode === 'data'
+      ? (this.body as DataBody).push(this.buf)
+      : this.chunking.push(this.buf, this.body as BdatBody | null);
+    this.buf = fed.rest;
+    if (fed.wait !== null) {
+      this.flush();
+      await fed.wait;
     }
-    if (!this.tooBig && !reader.bareLineEnd && !reader.nul && tx.failed === null && res.out.length > 0) {
-      if (!tx.write(res.out)) {
-        this.flush();
-        await new Promise<void>((r) => tx.onDrain(r));
-      }
-    }
-    return res.done;
+    return fed.done;
   }
 
   private async finishData(): Promise<void> {
-    const reader = this.reader!;
-    const tx = this.tx!;
+    const body = this.body!;
     this.mode = 'cmd';
-    this.reader = null;
-    this.tx = null;
-    let r: Reply;
-    if (reader.nul) r = this.rejectBody(tx, R.nulInData, 'NUL in data');
-    else if (reader.bareLineEnd) r = this.rejectBody(tx, R.bareLfData, 'bare CR or LF in data');
-    else if (this.tooBig) r = this.rejectBody(tx, R.tooBig, 'message too large');
-    else {
-      // Replies owed so far go out before the wait for cleanup's answer.
-      this.flush();
-      r = this.queued(await tx.end(), reader.size);
-    }
+    this.body = null;
+    const r = await this.endBody(body);
     resetTransaction(this.session);
     this.answer(r);
   }
 
   private startBdat(args: string): void {
-    const m = /^(\d{1,15})(?: +(LAST))? *$/i.exec(args);
-    if (m === null) {
+    const started = this.chunking.start(args, this.body as BdatBody | null, () => {
+      const refusal = canStartBody(this.session, 'BDAT');
+      if (refusal !== null) return refusal;
+      this.session.bodyMode = 'BDAT';
+      return new BdatBody(this.transaction(), this.deps.limits.maxMessageSize);
+    });
+    if (!started.ok) {
       // The chunk size is unknown, so its bytes cannot be skipped safely: close (no command smuggling).
       this.send(reply(501, '5.5.4', 'Syntax: BDAT chunk-size [LAST]; closing connection', true));
       this.flush();
@@ -400,78 +352,35 @@ export class Connection {
       this.sock.end();
       return;
     }
-    this.bdatRemaining = Number(m[1]);
-    this.bdatLast = m[2] !== undefined;
-    this.bdatError = this.bdatFailed;
-    if (this.bdatError === null && this.tx === null) {
-      const refusal = canStartBody(this.session, 'BDAT');
-      if (refusal !== null) this.bdatError = refusal;
-      else {
-        this.session.bodyMode = 'BDAT';
-        this.tx = new CleanupTransaction(this.deps.cleanup, envelopeOf(this.session));
-        this.checker = new LineEndChecker();
-        this.bdatSize = 0;
-      }
-    }
+    this.body = started.body;
     this.mode = 'bdat';
-  }
-
-  // Consumes BDAT bytes; true when the current chunk is complete.
-  private async feedBdat(): Promise<boolean> {
-    if (this.bdatRemaining > 0) {
-      if (this.buf.length === 0) return false;
-      const take = Math.min(this.bdatRemaining, this.buf.length);
-      const part = this.buf.subarray(0, take);
-      this.buf = this.buf.subarray(take);
-      this.bdatRemaining -= take;
-      const tx = this.tx;
-      if (this.bdatError === null && tx !== null) {
-        this.bdatSize += take;
-        this.checker!.push(part);
-        if (this.bdatSize > this.deps.limits.maxMessageSize) {
-          this.bdatError = R.tooBig;
-          tx.abort();
-        } else if (tx.failed === null && !tx.write([part])) {
-          this.flush();
-          await new Promise<void>((r) => tx.onDrain(r));
-        }
-      }
-    }
-    return this.bdatRemaining === 0;
   }
 
   private async finishBdatChunk(): Promise<void> {
     this.mode = 'cmd';
-    const tx = this.tx;
-    if (this.bdatError !== null || tx === null) {
-      const r = this.bdatError ?? R.badSequence;
-      if (tx !== null) tx.abort();
-      this.tx = null;
-      this.bdatFailed = this.bdatLast ? null : r;
-      if (this.bdatLast) resetTransaction(this.session);
-      return this.answer(r);
+    const body = this.body as BdatBody | null;
+    const f = this.chunking.finish(body);
+    if (!f.end) {
+      if (f.abandon) this.abandonBody();
+      if (f.over) resetTransaction(this.session);
+      return this.answer(f.answer);
     }
-    if (!this.bdatLast) return this.answer(reply(250, '2.0.0', `${this.bdatSize} octets received`));
-    const checker = this.checker!;
-    this.tx = null;
-    this.checker = null;
-    let r: Reply;
-    if (checker.nul) r = this.rejectBody(tx, R.nulInData, 'NUL in BDAT');
-    else if (checker.bareLineEnd || checker.pendingCr) r = this.rejectBody(tx, R.bareLfData, 'bare CR or LF in BDAT');
-    else {
-      // A message must end with CRLF to be relayed as lines; add it when the client did not.
-      if (checker.endsMidLine) tx.write([Buffer.from('\r\n')]);
-      this.flush();
-      r = this.queued(await tx.end(), this.bdatSize);
-    }
+    this.body = null;
+    const r = await this.endBody(body!);
     resetTransaction(this.session);
     this.answer(r);
   }
 
-  private rejectBody(tx: CleanupTransaction, r: Reply, reason: string): Reply {
-    tx.abort();
-    this.deps.log.info({ event: 'reject', client: this.session.ip, code: r.code, dsn: r.enhanced, reason });
-    return r;
+  // The body is complete: refused, or committed by cleanup (the replies owed so far go out before the wait).
+  private async endBody(body: DataBody | BdatBody): Promise<Reply> {
+    const refusal = body.verdict();
+    if (refusal !== null) {
+      body.tx.abort();
+      this.deps.log.info({ event: 'reject', client: this.session.ip, code: refusal.reply.code, dsn: refusal.reply.enhanced, reason: refusal.reason });
+      return refusal.reply;
+    }
+    this.flush();
+    return this.queued(await body.tx.end(), body.size);
   }
 
   private queued(res: CleanupResult, size: number): Reply {
@@ -538,8 +447,7 @@ export class Connection {
 
   private fail(r: Reply, why: string): void {
     if (this.mode === 'closed') return;
-    if (this.tx !== null) this.tx.abort();
-    this.tx = null;
+    this.abandonBody();
     this.deps.log.info({ event: 'drop', client: this.session.ip, reason: why });
     this.send(r.close ? r : { ...r, close: true });
   }
@@ -551,8 +459,7 @@ export class Connection {
 
   // Ends the session's bookkeeping once: abandons an open transaction, logs, releases the slot.
   private finish(): void {
-    if (this.tx !== null) this.tx.abort();
-    this.tx = null;
+    this.abandonBody();
     this.mode = 'closed';
     if (this.onClose !== null) {
       const cb = this.onClose;

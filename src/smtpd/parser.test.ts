@@ -4,7 +4,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { parseCommand, parseMailParams, parseRcptParams, decodeXtext, isReply, type MailParams, type RcptParams } from './parser.ts';
+import { MAX_COMMAND_LINE, parseCommand, parseMailParams, takeLine, parseRcptParams, decodeXtext, isReply, type MailParams, type RcptParams } from './parser.ts';
 import type { Reply } from '../core/reply.ts';
 
 const MAX = 10_000_000;
@@ -311,6 +311,49 @@ describe('parser properties', () => {
         assert.equal(rcptOk(`ORCPT=rfc822;${encodeXtext(addr)}`).orcpt, `rfc822;${addr}`);
       }),
       { numRuns: 300 },
+    );
+  });
+});
+
+describe('takeLine', () => {
+  const take = (s: string, discarding = false) => takeLine(Buffer.from(s, 'latin1'), discarding);
+
+  test('only CRLF ends a line; what follows stays for the next one', () => {
+    const t = take('NOOP\r\nQUIT\r\n');
+    assert.equal(t.kind, 'line');
+    assert.equal(t.kind === 'line' && t.line, 'NOOP');
+    assert.equal(t.kind === 'line' && t.rest.toString(), 'QUIT\r\n');
+    assert.equal(take('NOOP').kind, 'none');
+    assert.equal(take('NOOP\r').kind, 'none');
+  });
+
+  test('a bare LF, a CR inside the line, a NUL, invalid UTF-8 and an overlong line are refused and consumed', () => {
+    for (const [input, code, enhanced] of [
+      ['NOOP\nQUIT\r\n', 500, '5.5.2'], ['NO\rOP\r\n', 500, '5.5.2'], ['\n', 500, '5.5.2'], ['NO\0OP\r\n', 500, '5.5.2'],
+      ['MAIL FROM:<\xff@x>\r\n', 500, '5.5.2'], [`NOOP ${'x'.repeat(MAX_COMMAND_LINE)}\r\n`, 500, '5.5.2'],
+    ] as const) {
+      const t = take(input);
+      assert.equal(t.kind, 'bad', JSON.stringify(input));
+      if (t.kind !== 'bad') continue;
+      assertReply(t.reply, code, enhanced);
+      assert.equal(t.rest.length, Buffer.from(input, 'latin1').length - Buffer.from(input, 'latin1').indexOf(0x0a) - 1);
+    }
+    const end = take('the end of a long line\r\nQUIT\r\n', true);
+    assert.equal(end.kind, 'bad');
+    assert.equal(end.kind === 'bad' && end.rest.toString(), 'QUIT\r\n');
+  });
+
+  test('property: any bytes give none, a line without CR, LF or NUL, or a refusal; never a throw', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 3000 }), fc.boolean(), (bytes, discarding) => {
+        const buf = Buffer.from(bytes);
+        const t = takeLine(buf, discarding);
+        if (t.kind === 'none') return assert.equal(buf.indexOf(0x0a), -1);
+        assert.equal(t.rest.length, buf.length - buf.indexOf(0x0a) - 1);
+        if (t.kind === 'line') assert.ok(!/[\r\n\0]/.test(t.line));
+        else assert.ok(isReply(t.reply) && t.reply.code >= 500);
+      }),
+      { numRuns: 500 },
     );
   });
 });

@@ -5,6 +5,39 @@
 import { R, reply, type Reply } from '../core/reply.ts';
 import type { Notify } from '../core/envelope.ts';
 
+// RFC 5321 §4.5.3.1.4 sets 512 octets; extensions (DSN ORCPT, SMTPUTF8) make longer lines legitimate.
+export const MAX_COMMAND_LINE = 2048;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** The first command line of some input: none complete yet, a line, or a line refused (consumed all the same). */
+export type TakenLine =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'line'; readonly line: string; readonly rest: Buffer }
+  | { readonly kind: 'bad'; readonly reply: Reply; readonly rest: Buffer };
+
+/**
+ * Takes one command line from `buf`. Only CRLF ends a line; a bare CR or LF in it, a NUL, invalid UTF-8 or
+ * more than MAX_COMMAND_LINE octets make it refused. `discarding`: the start of an overlong line was dropped
+ * already, and the line found now is its end (refused).
+ */
+export function takeLine(buf: Buffer, discarding: boolean): TakenLine {
+  const lf = buf.indexOf(0x0a);
+  if (lf < 0) return { kind: 'none' };
+  const raw = buf.subarray(0, lf + 1);
+  const rest = buf.subarray(lf + 1);
+  if (discarding || raw.length > MAX_COMMAND_LINE + 2) return { kind: 'bad', reply: R.lineTooLong, rest };
+  if (lf === 0 || raw[lf - 1] !== 0x0d) return { kind: 'bad', reply: R.bareLfCommand, rest };
+  const content = raw.subarray(0, raw.length - 2);
+  if (content.indexOf(0x0d) >= 0) return { kind: 'bad', reply: R.bareLfCommand, rest };
+  if (content.indexOf(0) >= 0) return { kind: 'bad', reply: R.nulInCommand, rest };
+  try {
+    return { kind: 'line', line: utf8.decode(content), rest };
+  } catch {
+    return { kind: 'bad', reply: reply(500, '5.5.2', 'Invalid UTF-8 in command'), rest };
+  }
+}
+
 /** A command line split into its verb (upper-case) and argument text. */
 export interface Command {
   readonly verb: string;
