@@ -10,8 +10,11 @@ import { readHeaderSection } from '../queue/index.ts';
 
 /** One recipient line of a DSN. */
 export interface DsnRecipient {
+  /** Final-Recipient. */
   readonly address: string;
   readonly orcpt?: string;
+  /** The recipient an alias expansion led from to `address` (named in the human-readable part). */
+  readonly expandedFrom?: string;
   /** RFC 3464 §2.3.3; "relayed" = handed to a next hop that does not support DSN (RFC 3461 §5.2.2). */
   readonly action: 'failed' | 'delayed' | 'delivered' | 'relayed';
   readonly status: string;
@@ -87,7 +90,7 @@ export function buildDsn(d: DsnInput): { envelope: object; parts: AsyncIterable<
           ? 'Your message was delivered or relayed to the recipients below;\r\na relayed message may get no further notice.'
           : 'Your message was delivered to the recipients below.',
     '',
-    ...d.recipients.map((r) => `<${r.address}>: ${r.action}${r.remoteMta ? ` (host ${r.remoteMta})` : ''}: ${r.diagnostic}`),
+    ...d.recipients.map((r) => `<${r.address}>${r.expandedFrom ? ` (expanded from <${r.expandedFrom}>)` : ''}: ${r.action}${r.remoteMta ? ` (host ${r.remoteMta})` : ''}: ${r.diagnostic}`),
     '',
   ].join('\r\n');
   const status = [

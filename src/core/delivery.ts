@@ -37,6 +37,13 @@ export interface DeliveryJob {
   readonly envid?: string;
 }
 
+/** An alias's target that failed for good while others got the message (see RecipientResult.targets). */
+export interface FailedTarget {
+  readonly address: string;
+  readonly dsn: string;
+  readonly reply: string;
+}
+
 /** Outcome for one recipient. */
 export type DeliveryStatus = 'sent' | 'deferred' | 'bounced';
 
@@ -55,6 +62,11 @@ export interface RecipientResult {
    * any success notice (RFC 3461 §5.2.1), "plain" when it does not support DSN (§5.2.2: we report "relayed").
    */
   readonly relayed?: 'dsn' | 'plain';
+  /**
+   * For "bounced" after alias expansion: the targets that failed, when they are not the recipient itself. A DSN
+   * reports each as its own Final-Recipient, with the recipient as its Original-Recipient (RFC 3464 §2.3.1-2).
+   */
+  readonly targets?: readonly FailedTarget[];
 }
 
 /** The agent's answer for a job: one result per job recipient, plus whether the destination itself failed. */

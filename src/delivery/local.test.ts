@@ -81,14 +81,14 @@ test('"|command" targets: refused while commands are off, taken from the aliases
   const aliases = 'list: "|/usr/bin/list-post --name a, b", alice\nincl: :include:/etc/incl\n';
   const files = { '/etc/incl': '"|/bin/true", bob\n' };
   const off = await expand('list@mx.test', deps(aliases, files, []));
-  assert.deepEqual(off[0], { kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled' });
+  assert.deepEqual(off[0], { kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled', address: 'list@mx.test' });
   const on = { ...deps(aliases, files, []), runCommand: () => Promise.reject(new Error('not run by expand')) };
   assert.deepEqual(await expand('list@mx.test', on), [
     { kind: 'command', command: '/usr/bin/list-post --name a, b', address: 'list@mx.test' },
     { kind: 'mailbox', user: 'alice', address: 'alice@mx.test' },
   ]);
   assert.deepEqual(await expand('incl@mx.test', on), [
-    { kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed' },
+    { kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed', address: 'incl@mx.test' },
     { kind: 'mailbox', user: 'bob', address: 'bob@mx.test' },
   ]);
 });

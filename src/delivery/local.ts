@@ -8,7 +8,7 @@
 import { promises as fsp, constants } from 'node:fs';
 import { join } from 'node:path';
 import { hostname as osHostname } from 'node:os';
-import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
+import type { DeliveryJob, FailedTarget, JobResult, RecipientResult } from '../core/delivery.ts';
 import { isMailboxName, parseMailbox, mailboxToString } from '../core/address.ts';
 import type { AliasEntry } from '../lookup/index.ts';
 import { splitTargets, type LookupTable } from '../lookup/index.ts';
@@ -36,12 +36,12 @@ export interface LocalDeps {
   readonly runCommand?: (command: string, env: Record<string, string>, message: AsyncIterable<Buffer>) => Promise<CommandOutcome>;
 }
 
-/** A resolved local target. */
+/** A resolved local target; a refused one names the address it concerns (the target, or the alias that led to it). */
 type Target =
   | { kind: 'mailbox'; user: string; address: string }
   | { kind: 'remote'; address: string }
   | { kind: 'command'; command: string; address: string }
-  | { kind: 'refused'; dsn: string; reason: string };
+  | { kind: 'refused'; dsn: string; reason: string; address: string };
 
 function localPart(address: string): { local: string; domain: string } {
   const at = address.lastIndexOf('@');
@@ -55,7 +55,7 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
   if (!deps.localDomains.has(domain)) return [{ kind: 'remote', address }];
   const alias = deps.aliases.get(local);
   if (alias !== undefined && !seen.has(local)) {
-    if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion of ${address} deeper than ${MAX_ALIAS_DEPTH}` }];
+    if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion of ${address} deeper than ${MAX_ALIAS_DEPTH}`, address }];
     const next = new Set(seen).add(local);
     const out: Target[] = [];
     for (const t of alias.targets) out.push(...(await expandTarget(t, `${local}@${domain}`, deps, depth + 1, next, null)));
@@ -63,9 +63,9 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
   }
   // A name that expands to itself (e.g. "root: root, backup@x") is delivered to the mailbox (aliases(5)).
   if (deps.recipients.size > 0 && !deps.recipients.has(local) && !deps.recipients.has(`${local}@${domain}`) && local !== 'postmaster' && alias === undefined) {
-    return [{ kind: 'refused', dsn: '5.1.1', reason: `user unknown: ${address}` }];
+    return [{ kind: 'refused', dsn: '5.1.1', reason: `user unknown: ${address}`, address }];
   }
-  if (!isMailboxName(local)) return [{ kind: 'refused', dsn: '5.1.3', reason: `unsafe mailbox name "${local}"` }];
+  if (!isMailboxName(local)) return [{ kind: 'refused', dsn: '5.1.3', reason: `unsafe mailbox name "${local}"`, address }];
   return [{ kind: 'mailbox', user: local, address }];
 }
 
@@ -73,21 +73,21 @@ export async function expand(address: string, deps: LocalDeps, depth = 0, seen: 
 async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: number, seen: Set<string>, source: string | null): Promise<Target[]> {
   const domain = owner.slice(owner.lastIndexOf('@') + 1);
   if (t.startsWith('|')) {
-    if (deps.runCommand === undefined) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled' }];
+    if (deps.runCommand === undefined) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to commands is disabled', address: owner }];
     // As Postfix's default: an include file may belong to someone other than the one who wrote the aliases.
-    if (source !== null) return [{ kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed' }];
+    if (source !== null) return [{ kind: 'refused', dsn: '5.7.1', reason: 'commands in :include: files are not allowed', address: owner }];
     const command = t.slice(1).trim();
-    if (command === '') return [{ kind: 'refused', dsn: '5.3.5', reason: `empty command in alias ${owner}` }];
+    if (command === '') return [{ kind: 'refused', dsn: '5.3.5', reason: `empty command in alias ${owner}`, address: owner }];
     return [{ kind: 'command', command, address: owner }];
   }
-  if (t.startsWith('/')) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to files is disabled' }];
+  if (t.startsWith('/')) return [{ kind: 'refused', dsn: '5.7.1', reason: 'delivery to files is disabled', address: owner }];
   if (t.toLowerCase().startsWith(':include:')) {
     const path = t.slice(9).trim();
     // An include file counts as a level of expansion, and one already being expanded is not read again (a file
     // that includes itself, directly or through others, would otherwise be read without end).
     const key = `:include:${path}`;
     if (seen.has(key)) return [];
-    if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion through ${path} deeper than ${MAX_ALIAS_DEPTH}` }];
+    if (depth >= MAX_ALIAS_DEPTH) return [{ kind: 'refused', dsn: '5.4.6', reason: `alias expansion through ${path} deeper than ${MAX_ALIAS_DEPTH}`, address: owner }];
     seen = new Set(seen).add(key);
     depth++;
     let text: string;
@@ -96,8 +96,8 @@ async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: nu
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code ?? '';
       // Outside the read grants (src/master: a file an untrusted include file names): it never will be read.
-      if (code === 'ERR_ACCESS_DENIED') return [{ kind: 'refused', dsn: '5.7.1', reason: `${path} may not be included (only files the aliases name, or that include files only root can change name)` }];
-      return [{ kind: 'refused', dsn: '4.3.0', reason: `cannot read ${path}: ${code}` }];
+      if (code === 'ERR_ACCESS_DENIED') return [{ kind: 'refused', dsn: '5.7.1', reason: `${path} may not be included (only files the aliases name, or that include files only root can change name)`, address: owner }];
+      return [{ kind: 'refused', dsn: '4.3.0', reason: `cannot read ${path}: ${code}`, address: owner }];
     }
     const out: Target[] = [];
     for (const line of text.split('\n')) {
@@ -108,7 +108,7 @@ async function expandTarget(t: string, owner: string, deps: LocalDeps, depth: nu
   const addr = t.replace(/^<(.*)>$/, '$1');
   const m = parseMailbox(addr.includes('@') ? addr : `${addr}@${domain}`, true);
   // An include file's text is not repeated (replies reach the log and DSNs; the file may hold anything).
-  if (typeof m === 'string') return [{ kind: 'refused', dsn: '5.1.3', reason: source === null ? `bad alias target "${t}"` : `bad address in ${source}` }];
+  if (typeof m === 'string') return [{ kind: 'refused', dsn: '5.1.3', reason: source === null ? `bad alias target "${t}"` : `bad address in ${source}`, address: owner }];
   return expand(mailboxToString(m), deps, depth, seen);
 }
 
@@ -176,7 +176,7 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
     }
     // Commands first: one that says "try again" defers the recipient before anything else is delivered for it
     // (a retry then repeats only the commands that had succeeded).
-    const failed: { dsn: string; reason: string }[] = refused.map((x) => ({ dsn: x.dsn, reason: x.reason }));
+    const failed: FailedTarget[] = refused.map((x) => ({ address: x.address, dsn: x.dsn, reply: x.reason }));
     let commands = 0;
     let deferredBy: CommandOutcome | null = null;
     for (const t of targets) {
@@ -191,7 +191,7 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
         deferredBy = o;
         break;
       }
-      if (o.status === 'bounced') failed.push({ dsn: o.dsn, reason: o.reply });
+      if (o.status === 'bounced') failed.push({ address: t.address, dsn: o.dsn, reply: o.reply });
       else commands++;
     }
     if (deferredBy !== null) {
@@ -199,7 +199,7 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
       continue;
     }
     if (failed.length === targets.length) {
-      results.push({ index: r.index, status: 'bounced', dsn: failed[0]!.dsn, reply: failed[0]!.reason, relay: 'local' });
+      results.push({ index: r.index, status: 'bounced', dsn: failed[0]!.dsn, reply: failed.map((x) => x.reply).join('; '), relay: 'local', ...targetsOf(r.address, failed) });
       continue;
     }
     try {
@@ -229,7 +229,7 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
       const to = `${done.size > 0 ? `maildir (${[...done].join(', ')})` : 'aliases'}${note}`;
       // A target that failed for good is reported to the sender (a bounce naming it), even though the alias's
       // other targets have the message: as with Postfix, where each failed member bounces.
-      if (failed.length > 0) results.push({ index: r.index, status: 'bounced', dsn: failed[0]!.dsn, reply: `${failed.map((x) => x.reason).join('; ')}; delivered to the other targets: ${to}`, relay: 'local' });
+      if (failed.length > 0) results.push({ index: r.index, status: 'bounced', dsn: failed[0]!.dsn, reply: `${failed.map((x) => x.reply).join('; ')}; delivered to the other targets: ${to}`, relay: 'local', ...targetsOf(r.address, failed) });
       else results.push({ index: r.index, status: 'sent', dsn: '2.0.0', reply: `delivered to ${to}`, relay: 'local' });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
@@ -237,6 +237,11 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
     }
   }
   return { results, destinationFailed: false };
+}
+
+// The failed targets, for the DSN, when they are not just the recipient itself (an unknown user, say).
+function targetsOf(recipient: string, failed: readonly FailedTarget[]): { targets?: readonly FailedTarget[] } {
+  return failed.some((x) => x.address.toLowerCase() !== recipient.toLowerCase()) ? { targets: failed } : {};
 }
 
 /**

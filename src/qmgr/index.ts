@@ -205,13 +205,15 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       r.relay = res.relay;
       if (res.relayed) r.relayed = res.relayed;
       else delete r.relayed;
+      if (res.status === 'bounced' && res.targets) r.targets = res.targets;
+      else delete r.targets;
       r.at = t;
       r.report = true;
       log.info({
         event: 'delivery', qid: m.id, to: r.address, relay: res.relay || job.nexthop, delay: Math.round((t - m.arrival) / 100) / 10,
         attempt_s: Math.round((t - started) / 100) / 10, dsn: res.dsn, status: res.status, reply: res.reply,
       });
-      lines.push({ rcpt: res.index, state: res.status, dsn: res.dsn, reply: res.reply, at: new Date(t).toISOString() });
+      lines.push({ rcpt: res.index, state: res.status, dsn: res.dsn, reply: res.reply, at: new Date(t).toISOString(), ...(r.targets ? { targets: r.targets } : {}) });
     }
     m.inFlight--;
     m.unsaved.push(...lines);
@@ -330,7 +332,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       }
       const dsn = buildDsn({
         hostname: cfg.server.hostname, qid: m.id, sender: m.env.sender, ...(m.env.envid !== undefined ? { envid: m.env.envid } : {}),
-        ...(m.env.ret ? { ret: m.env.ret } : {}), arrival: new Date(m.arrival), recipients: list.map((r) => dsnRecipient(r, action, t, m.arrival + lifetime)),
+        ...(m.env.ret ? { ret: m.env.ret } : {}), arrival: new Date(m.arrival), recipients: list.flatMap((r) => dsnRecipient(r, action, t, m.arrival + lifetime)),
         file: store.path(m.state, m.id), offset: m.offset, length: m.length, eightBit: m.eightBit,
       })!;
       const res = await submit(deps.cleanupPath, dsn.envelope, dsn.parts);

@@ -5,11 +5,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ParsedQueueFile, StateRecord } from '../queue/index.ts';
+import type { DsnRecipient } from '../bounce/index.ts';
 import { dsnLists, dsnRecipient, expire, messageOf } from './message.ts';
 
 const ARRIVAL = Date.parse('2026-11-28T00:00:00Z');
 
-function file(sender: string, rcpts: { address: string; notify?: ('SUCCESS' | 'FAILURE' | 'DELAY')[] }[], records: StateRecord[] = []): ParsedQueueFile {
+function file(sender: string, rcpts: { address: string; notify?: ('SUCCESS' | 'FAILURE' | 'DELAY')[]; orcpt?: string }[], records: StateRecord[] = []): ParsedQueueFile {
   return {
     envelope: {
       id: '01ABCDEFGHJKMNPQ', arrival: new Date(ARRIVAL).toISOString(), sender, recipients: rcpts, smtputf8: false,
@@ -81,15 +82,35 @@ test('a DSN recipient: relayed to a hop without DSN is "relayed"; a delay carrie
   const m = messageOf('01ABCDEFGHJKMNPQ', file('a@x.test', [{ address: 'b@y.test' }]));
   const r = m.rcpts[0]!;
   Object.assign(r, { status: 'sent', dsn: '', reply: '250 ok', relay: 'mx.y.test[192.0.2.1]:25', relayed: 'plain', at: ARRIVAL + 5 });
-  const d = dsnRecipient(r, 'delivered', ARRIVAL + 9, ARRIVAL + 100);
+  const [d] = dsnRecipient(r, 'delivered', ARRIVAL + 9, ARRIVAL + 100) as [DsnRecipient];
   assert.equal(d.action, 'relayed');
   assert.equal(d.status, '2.0.0');
   assert.equal(d.remoteMta, 'mx.y.test[192.0.2.1]:25');
   assert.equal(d.lastAttempt.getTime(), ARRIVAL + 5);
   assert.equal(d.willRetryUntil, undefined);
   Object.assign(r, { status: 'deferred', dsn: '', relay: 'local', relayed: undefined });
-  const late = dsnRecipient(r, 'delayed', ARRIVAL + 9, ARRIVAL + 100);
+  const [late] = dsnRecipient(r, 'delayed', ARRIVAL + 9, ARRIVAL + 100) as [DsnRecipient];
   assert.equal(late.status, '4.0.0');
   assert.equal(late.remoteMta, '');
   assert.equal(late.willRetryUntil?.getTime(), ARRIVAL + 100);
+});
+
+test('an alias that bounced for some targets is reported as those targets, expanded from it; the record keeps them', () => {
+  const targets = [
+    { address: 'ghost@mx.test', dsn: '5.1.1', reply: 'user unknown: ghost@mx.test' },
+    { address: 'team@mx.test', dsn: '5.7.1', reply: 'delivery to commands is disabled' },
+  ];
+  const m = messageOf('01ABCDEFGHJKMNPQ', file('a@x.test', [{ address: 'team@mx.test' }, { address: 'list@mx.test', orcpt: 'rfc822;List@MX.test' }], [
+    { rcpt: 0, state: 'bounced', dsn: '5.1.1', reply: 'user unknown: ghost@mx.test; ...', at, targets },
+    { rcpt: 1, state: 'bounced', dsn: '5.1.1', reply: 'x', at, targets: targets.slice(0, 1) },
+  ]));
+  const d = dsnRecipient(m.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL);
+  assert.deepEqual(d.map((x) => [x.address, x.orcpt, x.expandedFrom, x.status, x.diagnostic]), [
+    ['ghost@mx.test', 'rfc822;team@mx.test', 'team@mx.test', '5.1.1', 'user unknown: ghost@mx.test'],
+    ['team@mx.test', 'rfc822;team@mx.test', 'team@mx.test', '5.7.1', 'delivery to commands is disabled'],
+  ]);
+  assert.equal(dsnRecipient(m.rcpts[1]!, 'failed', ARRIVAL, ARRIVAL)[0]!.orcpt, 'rfc822;List@MX.test', 'the client\'s ORCPT wins');
+  // Deferred again (a message from <> held for the postmaster, say): a later failure reports what it finds.
+  m.rcpts[0]!.status = 'deferred';
+  assert.deepEqual(dsnRecipient(m.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL).map((x) => x.address), ['team@mx.test']);
 });

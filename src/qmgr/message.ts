@@ -2,6 +2,7 @@
 // A message in qmgr's active set: its recipients' outcomes so far, as loaded from its queue file and updated
 // by each round; and the choices made from them alone: which recipients a round's DSNs report, and how.
 
+import type { FailedTarget } from '../core/delivery.ts';
 import type { Notify } from '../core/envelope.ts';
 import type { MessageState, ParsedQueueFile, QueueEnvelope, StateRecord } from '../queue/index.ts';
 import type { DsnRecipient } from '../bounce/index.ts';
@@ -20,6 +21,8 @@ export interface Rcpt {
   relay: string;
   /** How a "sent" recipient left us when it was relayed (see RecipientResult.relayed). */
   relayed?: 'dsn' | 'plain';
+  /** A "bounced" alias's failed targets (see RecipientResult.targets). */
+  targets?: readonly FailedTarget[];
   at: number;
   /** Outcome of this round still to be reported in a DSN. */
   report: boolean;
@@ -78,6 +81,7 @@ export function messageOf(id: string, q: ParsedQueueFile): Msg {
         // A delivery agent's mark for a recipient still owed its success DSN (its qmgr died first).
         report: rec?.state === 'sent' && rec.success_owed === true,
         ...(rec?.success_owed === true && rec.relayed ? { relayed: rec.relayed } : {}),
+        ...(rec?.state === 'bounced' && rec.targets ? { targets: rec.targets } : {}),
       };
     }),
     inFlight: 0,
@@ -135,11 +139,21 @@ export function dsnLists(m: Msg, t: number, delayWarning: number): DsnLists {
   return { failed, success, delayed };
 }
 
-/** One recipient's part of a DSN; `retryUntil` is when the message expires (for delays). */
-export function dsnRecipient(r: Rcpt, kind: DsnRecipient['action'], t: number, retryUntil: number): DsnRecipient {
+/**
+ * One recipient's part of a DSN; `retryUntil` is when the message expires (for delays). An alias that failed
+ * for some of its targets is reported as those targets (Final-Recipient), each expanded from the recipient,
+ * which is their Original-Recipient unless the client gave an ORCPT.
+ */
+export function dsnRecipient(r: Rcpt, kind: DsnRecipient['action'], t: number, retryUntil: number): DsnRecipient[] {
+  if (kind === 'failed' && r.status === 'bounced' && r.targets !== undefined && r.targets.length > 0) {
+    return r.targets.map((x) => ({
+      address: x.address, orcpt: r.orcpt ?? `rfc822;${r.address}`, expandedFrom: r.address, action: 'failed',
+      status: x.dsn, diagnostic: x.reply, remoteMta: '', lastAttempt: new Date(r.at || t),
+    }));
+  }
   // RFC 3461 §5.2.2: relayed to a next hop without DSN is reported as "relayed", not "delivered".
   const action = kind === 'delivered' && r.relayed === 'plain' ? 'relayed' : kind;
-  return {
+  return [{
     address: r.address,
     ...(r.orcpt ? { orcpt: r.orcpt } : {}),
     action,
@@ -148,5 +162,5 @@ export function dsnRecipient(r: Rcpt, kind: DsnRecipient['action'], t: number, r
     remoteMta: r.relay === 'local' ? '' : r.relay,
     lastAttempt: new Date(r.at || t),
     ...(action === 'delayed' ? { willRetryUntil: new Date(retryUntil) } : {}),
-  };
+  }];
 }

@@ -3,6 +3,7 @@
 // end record with the message's SHA-256, then appended per-recipient state records.
 
 import type { Envelope } from '../core/envelope.ts';
+import type { FailedTarget } from '../core/delivery.ts';
 
 /** First line of every queue file: magic and format version. */
 export const MAGIC = 'PALISADE-QUEUE 1\n';
@@ -41,6 +42,8 @@ export interface StateRecord {
   readonly success_owed?: boolean;
   /** With success_owed: how the next hop took it (RecipientResult.relayed). */
   readonly relayed?: 'dsn' | 'plain';
+  /** For bounced: the alias targets that failed (RecipientResult.targets), reported in the failure DSN. */
+  readonly targets?: readonly FailedTarget[];
 }
 
 /** Formats the lengths line. */

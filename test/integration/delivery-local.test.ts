@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startPalisade, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf } from '../support/smtp-client.ts';
 import { startSmtpPeer, type SmtpPeer } from '../support/smtp-server.ts';
-import { header, maildir, waitMaildir } from '../support/mailbox.ts';
+import { header, maildir, parseDsn, waitMaildir } from '../support/mailbox.ts';
 
 describe('local delivery', () => {
   let peer: SmtpPeer;
@@ -22,7 +22,7 @@ describe('local delivery', () => {
     etc = mkdtempSync(join(tmpdir(), 'palisade-aliases-'));
     writeFileSync(join(etc, 'staff'), '# included list\nalice\ncarol, :include:' + join(etc, 'more') + '\n');
     writeFileSync(join(etc, 'more'), 'bob\n');
-    writeFileSync(join(etc, 'aliases'), '# test aliases\nteam: alice, bob\nfwd: someone@remote.test\nboth: carol, other@remote.test\ncmd: "|/bin/true"\n' +
+    writeFileSync(join(etc, 'aliases'), '# test aliases\nteam: alice, bob\nmixed: carol, ghost\nfwd: someone@remote.test\nboth: carol, other@remote.test\ncmd: "|/bin/true"\n' +
       `staff: :include:${join(etc, 'staff')}\n`);
     p = await startPalisade({
       toml: `[local]\nrecipients = ["alice", "bob", "carol"]\naliases = "file:${join(etc, 'aliases')}"\n` +
@@ -120,6 +120,24 @@ describe('local delivery', () => {
       const box = await waitMaildir(p.dir, who, before[who] + 1);
       assert.match(box.at(-1)!.toString('utf8'), /staff meeting/, `${who} got it`);
     }
+  });
+
+  test('an alias with an unknown member: the others get the message, the DSN names the member, expanded from the alias', async () => {
+    const before = { alice: maildir(p.dir, 'alice').length, carol: maildir(p.dir, 'carol').length };
+    const qid = await send('alice@mx.test', [['mixed@mx.test', 250]], 'Subject: to a list with a stale member\n\nhello\n');
+    const carol = await waitMaildir(p.dir, 'carol', before.carol + 1);
+    assert.match(carol.at(-1)!.toString('utf8'), /hello/);
+    const o = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
+    assert.equal(o.status, 'bounced');
+    const dsn = await parseDsn((await waitMaildir(p.dir, 'alice', before.alice + 1)).at(-1)!);
+    assert.equal(dsn.recipients.length, 1);
+    const r = dsn.recipients[0]!;
+    assert.equal(r['final-recipient'], 'rfc822; ghost@mx.test');
+    assert.equal(r['original-recipient'], 'rfc822; mixed@mx.test');
+    assert.equal(r['action'], 'failed');
+    assert.equal(r['status'], '5.1.1');
+    assert.match(r['diagnostic-code']!, /user unknown: ghost@mx\.test/);
+    assert.match(dsn.text, /<ghost@mx\.test> \(expanded from <mixed@mx\.test>\): failed/);
   });
 
   test('with commands off (the default) a "|command" alias bounces 5.7.1 to the sender', async () => {
