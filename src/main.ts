@@ -387,6 +387,7 @@ async function runCommandAgent(init: InitMessage): Promise<void> {
   onMasterMessage((m: { type: string }, handle?: unknown) => {
     if (m.type === 'listen') listenOnHandle(handle, (server) => agent.attach(server));
     else if (m.type === 'drain') void agent.drain().then(() => process.exit(0));
+    else if (m.type === 'retire') void agent.retire().then(() => process.exit(0));
   });
 }
 

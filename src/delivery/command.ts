@@ -205,6 +205,8 @@ export interface CommandAgent {
    * again); resolves when they have ended. Master stops the delivery agents first, so normally none is left.
    */
   drain(): Promise<void>;
+  /** Reload: stops taking commands; resolves once the running ones have ended (each by command_timeout at most). */
+  retire(): Promise<void>;
   /** Kills every running command's process group at once (the process is exiting). */
   killAll(): void;
 }
@@ -283,6 +285,11 @@ export function createCommandAgent(log: Logger, timeoutMs: number, user: Command
       const p = new Promise<void>((r) => (idle = r));
       for (const c of live) c.kill();
       return p;
+    },
+    retire(): Promise<void> {
+      for (const s of servers) s.close();
+      if (running === 0) return Promise.resolve();
+      return new Promise<void>((r) => (idle = r));
     },
     killAll(): void {
       for (const c of live) c.kill();

@@ -105,6 +105,16 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
     return deliverSmtp(job, msg, smtpDeps);
   }
 
+  // The queue manager this job came from is gone, so nobody else logs its outcome: a delivered recipient is
+  // done (marked above); any other is tried again by the new one.
+  function logOrphanOutcome(job: DeliveryJob, res: JobResult): void {
+    for (const r of res.results) {
+      const to = job.recipients.find((x) => x.index === r.index)?.address ?? '';
+      const status = r.status === 'sent' ? 'sent' : 'deferred';
+      deps.log.info({ event: 'delivery', qid: job.qid, to, relay: r.relay || job.nexthop, dsn: r.dsn, status, reply: r.reply, note: 'finished after its queue manager was replaced' });
+    }
+  }
+
   // Before answering qmgr, the recipients delivered are marked in the queue file itself (as Postfix's delivery
   // agents do): a qmgr that dies before it has the answer is followed by one that finds them done, not by a
   // second delivery. Only successes (a failure needs qmgr's classification and DSN); a recipient that asked for
@@ -155,7 +165,10 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
             st.busy--;
             markDelivered(job, res);
             jobs.delete(entry);
-            if (entry.orphan) deps.orphanDone?.(job.qid);
+            if (entry.orphan) {
+              logOrphanOutcome(job, res);
+              deps.orphanDone?.(job.qid);
+            }
             // qmgr keeps the connection for its next job, unless this agent is stopping.
             if (!sock.destroyed) {
               if (draining && st.busy === 0) sock.end(encodeJson(res));

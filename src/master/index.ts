@@ -244,7 +244,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   };
 
   // ---- command agent (only with [local] allow_commands) ----
-  const commandAgent = commandHandle === null ? null : new Supervised({
+  const spawnCommandAgent = (): Supervised => new Supervised({
     role: 'command',
     grants: grants.command,
     index: 0,
@@ -258,7 +258,16 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       });
     },
   }, log);
+  let commandAgent = commandHandle === null ? null : spawnCommandAgent();
   let commandReady: () => void = () => {};
+
+  // Delivery and command agents a reload replaced: they take no new work and exit once what they run has
+  // ended (a delivery, a command up to command_timeout); only one still there after RETIRE_MS is killed.
+  const retiringAgents = new Set<Supervised>();
+  const retireAgent = (sup: Supervised, msg: { type: string }): void => {
+    retiringAgents.add(sup);
+    void sup.stop(msg, RETIRE_MS).then(() => retiringAgents.delete(sup));
+  };
 
   // ---- smtpd workers ----
   const workerCount = cfg.smtp.workers > 0 ? cfg.smtp.workers : Math.max(1, cpus().length);
@@ -279,8 +288,9 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   try {
     await Promise.race([new Promise<void>((r) => { cleanupReady = r; cleanup.start(); }), startupTimeout('cleanup'), failed]);
     cleanupReady = () => {};
-    if (commandAgent !== null) {
-      await Promise.race([new Promise<void>((r) => { commandReady = r; commandAgent.start(); }), startupTimeout('command agent'), failed]);
+    const agent = commandAgent;
+    if (agent !== null) {
+      await Promise.race([new Promise<void>((r) => { commandReady = r; agent.start(); }), startupTimeout('command agent'), failed]);
       commandReady = () => {};
     }
     await Promise.race([
@@ -315,7 +325,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     await workers.stop(drainMs);
     // Deliveries in flight may finish (they need cleanup for DSNs); the rest repeat after restart.
     await qmgr.stop({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
-    await Promise.all(deliveryWorkers.map((d) => d.stop({ type: 'drain' }, 5000)));
+    await Promise.all([...deliveryWorkers, ...retiringAgents].map((d) => d.stop({ type: 'drain' }, 5000)));
     await commandAgent?.stop({ type: 'drain' }, 5000);
     await cleanup.stop({ type: 'stop' }, 10_000);
     control.close();
@@ -351,11 +361,20 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       // RETIRE_MS is drained.
       await workers.replace(cfg, RETIRE_MS, drainMs);
       cleanup.child?.send({ type: 'config', config: cfg });
-      // qmgr and the delivery agents start over with the new config: qmgr lets its deliveries finish,
-      // then the (now idle) agents are replaced; the new qmgr picks the queue up from disk.
+      // qmgr and the delivery agents start over with the new config: qmgr lets its deliveries finish for up to
+      // drain_timeout; the new qmgr picks the queue up from disk, leaving alone the messages whose deliveries
+      // still run (src/master/orphans.ts). New agents take the new jobs (the listening sockets stay open in
+      // master meanwhile); the old ones finish theirs and exit, so a long command is not cut short.
       await qmgr.restart({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
-      for (const d of deliveryWorkers) await d.restart({ type: 'drain' }, 5000);
-      await commandAgent?.restart({ type: 'drain' }, 5000);
+      const oldAgents = deliveryWorkers.splice(0);
+      for (let i = 0; i < deliveryCount; i++) deliveryWorkers.push(spawnDelivery(i, () => {}));
+      for (const d of oldAgents) retireAgent(d, { type: 'drain' });
+      if (commandAgent !== null) {
+        const old = commandAgent;
+        commandAgent = spawnCommandAgent();
+        commandAgent.start();
+        retireAgent(old, { type: 'retire' });
+      }
       log.info({ event: 'reloaded', source: cfg.source });
       return { ok: true };
     } finally {

@@ -138,3 +138,67 @@ describe('delivery to commands', () => {
     }
   });
 });
+
+// A reload replaces the delivery agents and the command agent; the old ones finish what they run. A command
+// that outlives drain_timeout (2 s here) and the old 5 s grace is not cut short, and does not run twice.
+describe('a reload while a command runs', () => {
+  let p: Running;
+  let dir: string;
+  let out: string;
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'palisade-cmd-reload-'));
+    chmodSync(dir, 0o755);
+    out = mkdtempSync(join(tmpdir(), 'palisade-cmd-reload-out-'));
+    chmodSync(out, 0o777);
+    writeFileSync(join(dir, 'aliases'), [
+      `long: "|echo run >> ${out}/runs; sleep 9; cat > ${out}/long-$QUEUE_ID"`,
+      `quick: "|cat > ${out}/quick-$QUEUE_ID"`,
+      '',
+    ].join('\n'), { mode: 0o644 });
+    p = await startPalisade({
+      dir,
+      dropPrivileges: true,
+      workers: 1,
+      toml: `[local]\naliases = "file:${join(dir, 'aliases')}"\nallow_commands = true\ncommand_timeout = "60s"\n` +
+        '[queue]\nretry_min = "1h"\nretry_max = "1h"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n',
+    });
+  });
+  after(async () => {
+    try {
+      if (p !== undefined) assert.equal(await p.stop(), 0, 'Palisade exits 0 on SIGTERM');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  async function send(rcpt: string): Promise<string> {
+    const c = await openSession(p.port);
+    try {
+      await c.ok('MAIL FROM:<alice@mx.test>');
+      await c.ok(`RCPT TO:<${rcpt}>`);
+      await c.ok('DATA', 354);
+      c.write(`Subject: for ${rcpt}\r\n\r\nbody of ${rcpt}\r\n.\r\n`);
+      return queueIdOf(await c.expect(250));
+    } finally {
+      c.close();
+    }
+  }
+
+  test('the running command finishes once, its recipient is sent; new mail goes through the new agents meanwhile', async () => {
+    const long = await send('long@mx.test');
+    for (let i = 0; i < 100 && !existsSync(join(out, 'runs')); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(existsSync(join(out, 'runs')), 'the long command started');
+    const r = await p.cli(['reload']);
+    assert.equal(r.code, 0, r.stderr);
+    const quick = await send('quick@mx.test');
+    const q = await p.waitLog((l) => l.event === 'delivery' && l.qid === quick);
+    assert.equal(q.status, 'sent', String(q.reply));
+    assert.equal(existsSync(join(out, `long-${long}`)), false, 'the long command was still running when new mail was delivered');
+    const o = await p.waitLog((l) => l.event === 'delivery' && l.qid === long, 30_000);
+    assert.equal(o.status, 'sent', String(o.reply));
+    assert.match(readFileSync(join(out, `long-${long}`), 'utf8'), /body of long@mx\.test/);
+    await p.waitLog((l) => l.event === 'removed' && l.qid === long);
+    assert.equal(readFileSync(join(out, 'runs'), 'utf8'), 'run\n', 'ran once');
+  });
+});
