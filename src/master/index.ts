@@ -183,7 +183,9 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       // First the delivery agents say which jobs they still run for the qmgr before (all they run now):
       // this one must not deliver those messages again meanwhile. (Messages master sends it meanwhile wait in
       // the child until its init.)
-      void orphans.collect(deliveryWorkers.map((sup) => ({ agent: sup, child: sup.child }))).then(() => {
+      // Agents a reload retired are asked too: one may still run a job of a qmgr before the last.
+      const agents = [...deliveryWorkers, ...[...retiringAgents].filter((sup) => sup.spec.role === 'delivery')];
+      void orphans.collect(agents.map((sup) => ({ agent: sup, child: sup.child }))).then(() => {
         if (child.connected) child.send({ type: 'init', role: 'qmgr', config: cfg, cleanupPath, deliveryPath, busy: orphans.busy() });
       });
       child.on('message', (m: { type: string; id?: number; answer?: unknown }) => {

@@ -141,7 +141,7 @@ describe('delivery to commands', () => {
 
 // A reload replaces the delivery agents and the command agent; the old ones finish what they run. A command
 // that outlives drain_timeout (2 s here) and the old 5 s grace is not cut short, and does not run twice.
-describe('a reload while a command runs', () => {
+describe('reloads while a command runs', () => {
   let p: Running;
   let dir: string;
   let out: string;
@@ -195,6 +195,9 @@ describe('a reload while a command runs', () => {
     const q = await p.waitLog((l) => l.event === 'delivery' && l.qid === quick);
     assert.equal(q.status, 'sent', String(q.reply));
     assert.equal(existsSync(join(out, `long-${long}`)), false, 'the long command was still running when new mail was delivered');
+    // A second reload meanwhile: the next queue manager must not take the message up either.
+    const again = await p.cli(['reload']);
+    assert.equal(again.code, 0, again.stderr);
     const o = await p.waitLog((l) => l.event === 'delivery' && l.qid === long, 30_000);
     assert.equal(o.status, 'sent', String(o.reply));
     assert.match(readFileSync(join(out, `long-${long}`), 'utf8'), /body of long@mx\.test/);
