@@ -100,7 +100,7 @@ const local = z
     mailbox_dir: z.string().default('').describe('Maildir per recipient under this directory; "" = <data_dir>/mail'),
     allow_commands: z.boolean().default(false).describe('Deliver to "|command" targets of the aliases file (never to ones in :include: files); off = such targets bounce 5.7.1'),
     command_user: z.string().default('nobody').describe('Commands run as this user when the privilege drop is on; not root, `user` or `smtpd_user`, outside group "palisade"'),
-    command_timeout: duration('1000s', 'A command still running after this is killed and its recipient tried again later', '100ms'),
+    command_timeout: duration('1000s', 'A command still running after this is killed (its process group) and its recipient bounced 5.3.0', '100ms'),
   })
   .prefault({});
 

@@ -205,7 +205,10 @@ export interface CommandAgent {
    * again); resolves when they have ended. Master stops the delivery agents first, so normally none is left.
    */
   drain(): Promise<void>;
-  /** Reload: stops taking commands; resolves once the running ones have ended (each by command_timeout at most). */
+  /**
+   * Reload: stops taking requests; resolves once every request taken has been answered and its connection
+   * closed (each command ends by command_timeout at most).
+   */
   retire(): Promise<void>;
   /** Kills every running command's process group at once (the process is exiting). */
   killAll(): void;
@@ -214,11 +217,22 @@ export interface CommandAgent {
 /** Creates the command agent; every command runs as `user`. */
 export function createCommandAgent(log: Logger, timeoutMs: number, user: CommandUser): CommandAgent {
   let running = 0;
+  // Requests whose connection is still open: a command's process can end before its answer has gone out.
+  let open = 0;
   let idle: (() => void) | null = null;
+  let retired: (() => void) | null = null;
   const servers: Server[] = [];
   const live = new Set<RunningCommand>();
 
+  // Wakes drain() once no command runs, retire() once every request has also been answered.
+  function settled(): void {
+    if (running > 0) return;
+    idle?.();
+    if (open === 0) retired?.();
+  }
+
   function handle(sock: Socket): void {
+    open++;
     const dec = new FrameDecoder({ streamData: true });
     let cmd: RunningCommand | null = null;
     let req: CommandRequest | null = null;
@@ -230,6 +244,8 @@ export function createCommandAgent(log: Logger, timeoutMs: number, user: Command
       // The delivery agent went away before the end: its recipient is not answered, so nothing is lost by
       // stopping the command (it is run again on the next attempt).
       if (!answered) cmd?.kill();
+      open--;
+      settled();
     });
     const answer = (o: CommandOutcome) => {
       answered = true;
@@ -248,7 +264,7 @@ export function createCommandAgent(log: Logger, timeoutMs: number, user: Command
         void c.ended.then(() => {
           live.delete(c);
           running--;
-          if (running === 0) idle?.();
+          settled();
         });
         return;
       }
@@ -288,8 +304,10 @@ export function createCommandAgent(log: Logger, timeoutMs: number, user: Command
     },
     retire(): Promise<void> {
       for (const s of servers) s.close();
-      if (running === 0) return Promise.resolve();
-      return new Promise<void>((r) => (idle = r));
+      return new Promise<void>((r) => {
+        retired = r;
+        settled();
+      });
     },
     killAll(): void {
       for (const c of live) c.kill();

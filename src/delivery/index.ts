@@ -6,10 +6,11 @@
 import type { Server, Socket } from 'node:net';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
-import type { DeliveryJob, JobResult } from '../core/delivery.ts';
+import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
+import { classify, compileOverrides } from '../core/classify.ts';
 import { parseDuration } from '../core/duration.ts';
 import { encodeJson, exchange, FrameDecoder, framesOrDrop, submit } from '../ipc/index.ts';
-import { appendRecordsSync, readQueueFile } from '../queue/index.ts';
+import { appendRecordsSync, readQueueFile, type StateRecord } from '../queue/index.ts';
 import { createTable, readAliases, type AliasEntry } from '../lookup/index.ts';
 import type { Resolver } from '../dns/index.ts';
 import { ConnectionCache, deliverSmtp } from './smtp.ts';
@@ -56,6 +57,7 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
     hostname: cfg.server.hostname,
     session: { helo: cfg.server.hostname, connectTimeoutMs: parseDuration(cfg.delivery.connect_timeout)!, timeouts: stageTimeouts(single) },
   };
+  const overrides = compileOverrides(cfg.delivery.reply_overrides);
   let aliases = new Map<string, AliasEntry>();
   if (cfg.local.aliases !== '') {
     try {
@@ -105,32 +107,40 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
     return deliverSmtp(job, msg, smtpDeps);
   }
 
-  // The queue manager this job came from is gone, so nobody else logs its outcome: a delivered recipient is
-  // done (marked above); any other is tried again by the new one.
-  function logOrphanOutcome(job: DeliveryJob, res: JobResult): void {
-    for (const r of res.results) {
-      const to = job.recipients.find((x) => x.index === r.index)?.address ?? '';
-      const status = r.status === 'sent' ? 'sent' : 'deferred';
-      deps.log.info({ event: 'delivery', qid: job.qid, to, relay: r.relay || job.nexthop, dsn: r.dsn, status, reply: r.reply, note: 'finished after its queue manager was replaced' });
-    }
-  }
-
   // Before answering qmgr, the recipients delivered are marked in the queue file itself (as Postfix's delivery
   // agents do): a qmgr that dies before it has the answer is followed by one that finds them done, not by a
   // second delivery. Only successes (a failure needs qmgr's classification and DSN); a recipient that asked for
   // a success DSN is marked as owing it, so the next qmgr sends it. Best effort: qmgr records the same.
-  function markDelivered(job: DeliveryJob, res: JobResult): void {
+  // `orphan`: the job's qmgr is gone and will never have the answer, so failures for good are marked too
+  // (classified by the reply overrides, as qmgr would), owing their failure DSN: a command that failed is not
+  // run again. A temporary failure is left for the next qmgr to try again.
+  function markDelivered(job: DeliveryJob, res: JobResult, orphan: boolean): readonly RecipientResult[] {
     const at = new Date().toISOString();
-    const recs = res.results.flatMap((r) => {
+    const results = orphan ? res.results.map((r) => classify(r, overrides)) : res.results;
+    const recs = results.flatMap((r): StateRecord[] => {
       const want = job.recipients.find((x) => x.index === r.index);
-      if (r.status !== 'sent' || want === undefined) return [];
-      const owed = (want.notify ?? []).includes('SUCCESS') ? { success_owed: true, ...(r.relayed ? { relayed: r.relayed } : {}) } : {};
-      return [{ rcpt: r.index, state: 'sent' as const, dsn: r.dsn, reply: r.reply, at, ...owed }];
+      if (want === undefined) return [];
+      if (r.status === 'sent') {
+        const owed = (want.notify ?? []).includes('SUCCESS') ? { success_owed: true, ...(r.relayed ? { relayed: r.relayed } : {}) } : {};
+        return [{ rcpt: r.index, state: 'sent' as const, dsn: r.dsn, reply: r.reply, at, ...owed }];
+      }
+      if (!orphan || r.status !== 'bounced') return [];
+      return [{ rcpt: r.index, state: 'bounced' as const, dsn: r.dsn, reply: r.reply, at, failure_owed: true, ...(r.targets ? { targets: r.targets } : {}) }];
     });
     try {
       appendRecordsSync(job.file, recs);
     } catch (e) {
       deps.log.warn({ event: 'mark-failed', qid: job.qid, err: (e as NodeJS.ErrnoException).code ?? (e as Error).message });
+    }
+    return results;
+  }
+
+  // The queue manager this job came from is gone, so nobody else logs its outcome: delivered and bounced
+  // recipients are final (marked above); the others are tried again by the next queue manager.
+  function logOrphanOutcome(job: DeliveryJob, results: readonly RecipientResult[]): void {
+    for (const r of results) {
+      const to = job.recipients.find((x) => x.index === r.index)?.address ?? '';
+      deps.log.info({ event: 'delivery', qid: job.qid, to, relay: r.relay || job.nexthop, dsn: r.dsn, status: r.status, reply: r.reply, note: 'finished after its queue manager was replaced' });
     }
   }
 
@@ -163,10 +173,10 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
           }))
           .then((res) => {
             st.busy--;
-            markDelivered(job, res);
+            const results = markDelivered(job, res, entry.orphan);
             jobs.delete(entry);
             if (entry.orphan) {
-              logOrphanOutcome(job, res);
+              logOrphanOutcome(job, results);
               deps.orphanDone?.(job.qid);
             }
             // qmgr keeps the connection for its next job, unless this agent is stopping.

@@ -239,9 +239,17 @@ export async function deliverLocal(job: DeliveryJob, msg: OutboundMessage, deps:
   return { results, destinationFailed: false };
 }
 
-// The failed targets, for the DSN, when they are not just the recipient itself (an unknown user, say).
+// The failed targets for the DSN, one per address (an alias's commands all carry the alias's), when they are
+// not just the recipient itself (an unknown user, say).
 function targetsOf(recipient: string, failed: readonly FailedTarget[]): { targets?: readonly FailedTarget[] } {
-  return failed.some((x) => x.address.toLowerCase() !== recipient.toLowerCase()) ? { targets: failed } : {};
+  if (!failed.some((x) => x.address.toLowerCase() !== recipient.toLowerCase())) return {};
+  const by = new Map<string, FailedTarget>();
+  for (const x of failed) {
+    const key = x.address.toLowerCase();
+    const seen = by.get(key);
+    by.set(key, seen === undefined ? x : { ...seen, reply: `${seen.reply}; ${x.reply}` });
+  }
+  return { targets: [...by.values()] };
 }
 
 /**

@@ -41,6 +41,8 @@ export class Supervised {
   private startedAt = 0;
   private timer: NodeJS.Timeout | null = null;
   private stopping = false;
+  // stop() calls so far: a restart whose stop was overtaken by another stop (shutdown) does not start again.
+  private stops = 0;
   private exited: Promise<void> = Promise.resolve();
 
   constructor(spec: ChildSpec, log: Logger) {
@@ -90,9 +92,12 @@ export class Supervised {
     }, delay);
   }
 
-  /** Replaces the process: stops it like stop(), then starts a new one (reload). */
+  /** Replaces the process: stops it like stop(), then starts a new one (reload), unless stopped for good meanwhile. */
   async restart(msg: unknown, killAfterMs: number): Promise<void> {
-    await this.stop(msg, killAfterMs);
+    const stopped = this.stop(msg, killAfterMs);
+    const mine = this.stops; // counted by stop() before its first await
+    await stopped;
+    if (this.stops !== mine) return;
     this.stopping = false;
     this.backoff = MIN_BACKOFF;
     this.start();
@@ -101,6 +106,7 @@ export class Supervised {
   /** Stops supervising; sends `msg` (or SIGTERM) and resolves when the process is gone (SIGKILL after `killAfterMs`). */
   async stop(msg: unknown, killAfterMs: number): Promise<void> {
     this.stopping = true;
+    this.stops++;
     if (this.timer !== null) clearTimeout(this.timer);
     const child = this.child;
     if (child === null || child.exitCode !== null || child.signalCode !== null) return;

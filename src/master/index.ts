@@ -264,11 +264,13 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   let commandReady: () => void = () => {};
 
   // Delivery and command agents a reload replaced: they take no new work and exit once what they run has
-  // ended (a delivery, a command up to command_timeout); only one still there after RETIRE_MS is killed.
+  // ended (a delivery; a command, which its agent stops at command_timeout). One still there after RETIRE_MS
+  // (or command_timeout and a minute, if longer: a command is never left without its agent) is killed.
   const retiringAgents = new Set<Supervised>();
   const retireAgent = (sup: Supervised, msg: { type: string }): void => {
     retiringAgents.add(sup);
-    void sup.stop(msg, RETIRE_MS).then(() => retiringAgents.delete(sup));
+    const deadline = Math.max(RETIRE_MS, parseDuration(cfg.local.command_timeout)! + 60_000);
+    void sup.stop(msg, deadline).then(() => retiringAgents.delete(sup));
   };
 
   // ---- smtpd workers ----
@@ -362,12 +364,15 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       // workers stop listening and exit once their clients are done; only a session still there after
       // RETIRE_MS is drained.
       await workers.replace(cfg, RETIRE_MS, drainMs);
+      if (stopping) return { ok: false, error: 'stopping' };
       cleanup.child?.send({ type: 'config', config: cfg });
       // qmgr and the delivery agents start over with the new config: qmgr lets its deliveries finish for up to
       // drain_timeout; the new qmgr picks the queue up from disk, leaving alone the messages whose deliveries
       // still run (src/master/orphans.ts). New agents take the new jobs (the listening sockets stay open in
       // master meanwhile); the old ones finish theirs and exit, so a long command is not cut short.
       await qmgr.restart({ type: 'stop', deadlineMs: drainMs }, drainMs + 5000);
+      // A shutdown that began meanwhile stops the agents there are; none are started for it to miss.
+      if (stopping) return { ok: false, error: 'stopping' };
       const oldAgents = deliveryWorkers.splice(0);
       for (let i = 0; i < deliveryCount; i++) deliveryWorkers.push(spawnDelivery(i, () => {}));
       for (const d of oldAgents) retireAgent(d, { type: 'drain' });

@@ -60,6 +60,7 @@ export class SmtpdWorkers {
   private generation: Worker[] = [];
   // Workers of earlier generations (reload) finishing their sessions.
   private readonly retiring = new Set<Worker>();
+  private stopped = false;
 
   constructor(deps: SmtpdWorkersDeps, count: number) {
     this.deps = deps;
@@ -84,6 +85,11 @@ export class SmtpdWorkers {
     const old = this.generation;
     const fresh: Worker[] = [];
     await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => fresh.push(this.spawn(i, config, r)))));
+    if (this.stopped) {
+      // Master began to stop while they started: they never take a session.
+      await Promise.all(fresh.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
+      return;
+    }
     this.generation = fresh;
     for (const w of old) {
       this.retiring.add(w);
@@ -99,6 +105,7 @@ export class SmtpdWorkers {
 
   /** Drains every worker's sessions (at most `drainMs`), then stops them. */
   async stop(drainMs: number): Promise<void> {
+    this.stopped = true;
     await Promise.all(this.all().map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
   }
 
@@ -107,10 +114,12 @@ export class SmtpdWorkers {
     await Promise.all(this.generation.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
   }
 
+  // Every worker process there is: the current generation and the retiring ones.
   private all(): Worker[] {
     return [...this.generation, ...this.retiring];
   }
 
+  // Starts worker `index` with `config`; `onReady` once it listens on every handle.
   private spawn(index: number, config: Config, onReady: () => void): Worker {
     const { anvil, ids } = this.deps;
     const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false };
@@ -143,6 +152,7 @@ export class SmtpdWorkers {
     return w;
   }
 
+  // Counts a session of this worker from `ip` (the anvil counted it already).
   private countOpen(w: Worker, ip: string): void {
     w.ips.set(ip, (w.ips.get(ip) ?? 0) + 1);
   }
@@ -185,6 +195,7 @@ export class SmtpdWorkers {
     }
   }
 
+  // A message from the worker's current process.
   private onMessage(w: Worker, child: ChildProcess, m: WorkerMessage): void {
     const anvil = this.deps.anvil;
     switch (m.type) {

@@ -16,7 +16,7 @@ import { buildDsn } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
 import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
 import { dsnLists, dsnRecipient, expire, messageOf, type Msg } from './message.ts';
-import { classify } from './classify.ts';
+import { classify, compileOverrides } from '../core/classify.ts';
 import { createControl, type ControlAnswer, type QmgrCommand } from './control.ts';
 
 /** What qmgr needs from outside. */
@@ -57,7 +57,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   const lifetime = parseDuration(cfg.queue.lifetime)!;
   const delayWarning = parseDuration(cfg.queue.delay_warning)!;
   const scanMs = parseDuration(cfg.queue.scan_interval)!;
-  const overrides = cfg.delivery.reply_overrides.map((o) => ({ re: new RegExp(o.pattern, 'i'), action: o.action }));
+  const overrides = compileOverrides(cfg.delivery.reply_overrides);
   const perDestination = destinationTable(cfg.delivery.destinations);
   const dests = new Destinations({ initial: cfg.delivery.initial_concurrency, max: cfg.delivery.concurrency, global: cfg.delivery.max_parallel, deadMs: retryMin, perDestination }, now);
   const active = new Map<string, Msg>();
@@ -330,9 +330,10 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         }
         continue;
       }
+      const recipients = list.flatMap((r) => dsnRecipient(r, action, t, m.arrival + lifetime));
       const dsn = buildDsn({
         hostname: cfg.server.hostname, qid: m.id, sender: m.env.sender, ...(m.env.envid !== undefined ? { envid: m.env.envid } : {}),
-        ...(m.env.ret ? { ret: m.env.ret } : {}), arrival: new Date(m.arrival), recipients: list.flatMap((r) => dsnRecipient(r, action, t, m.arrival + lifetime)),
+        ...(m.env.ret ? { ret: m.env.ret } : {}), arrival: new Date(m.arrival), recipients,
         file: store.path(m.state, m.id), offset: m.offset, length: m.length, eightBit: m.eightBit,
       })!;
       const res = await submit(deps.cleanupPath, dsn.envelope, dsn.parts);
@@ -340,7 +341,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         log.error({ event: 'dsn-failed', qid: m.id, action, err: `${res.code} ${res.text}` });
         return false;
       }
-      log.info({ event: 'dsn', qid: m.id, dsn_qid: res.qid, action, to: m.env.sender, recipients: list.length });
+      log.info({ event: 'dsn', qid: m.id, dsn_qid: res.qid, action, to: m.env.sender, recipients: recipients.length });
       if (action === 'delayed') {
         m.warned = true;
         await appendRecords(m, [{ warned: true, at: new Date(t).toISOString() } as unknown as StateRecord]);

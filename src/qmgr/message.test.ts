@@ -107,10 +107,14 @@ test('an alias that bounced for some targets is reported as those targets, expan
   const d = dsnRecipient(m.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL);
   assert.deepEqual(d.map((x) => [x.address, x.orcpt, x.expandedFrom, x.status, x.diagnostic]), [
     ['ghost@mx.test', 'rfc822;team@mx.test', 'team@mx.test', '5.1.1', 'user unknown: ghost@mx.test'],
-    ['team@mx.test', 'rfc822;team@mx.test', 'team@mx.test', '5.7.1', 'delivery to commands is disabled'],
+    // The alias's own failure (a command of it): the recipient itself, not expanded from anything.
+    ['team@mx.test', undefined, undefined, '5.7.1', 'delivery to commands is disabled'],
   ]);
   assert.equal(dsnRecipient(m.rcpts[1]!, 'failed', ARRIVAL, ARRIVAL)[0]!.orcpt, 'rfc822;List@MX.test', 'the client\'s ORCPT wins');
-  // Deferred again (a message from <> held for the postmaster, say): a later failure reports what it finds.
+  // Expiry replaces the outcome: the DSN reports the recipient itself, 5.4.7.
   m.rcpts[0]!.status = 'deferred';
-  assert.deepEqual(dsnRecipient(m.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL).map((x) => x.address), ['team@mx.test']);
+  expire(m, ARRIVAL + 1, '5d');
+  assert.deepEqual(dsnRecipient(m.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL).map((x) => [x.address, x.status]), [['team@mx.test', '5.4.7']]);
+  const utf8 = messageOf('01ABCDEFGHJKMNPQ', file('a@x.test', [{ address: 'équipe@mx.test' }], [{ rcpt: 0, state: 'bounced', dsn: '5.1.1', reply: 'x', at, targets: targets.slice(0, 1) }]));
+  assert.equal(dsnRecipient(utf8.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL)[0]!.orcpt, 'utf-8;équipe@mx.test');
 });

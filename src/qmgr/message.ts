@@ -78,8 +78,8 @@ export function messageOf(id: string, q: ParsedQueueFile): Msg {
         reply: rec?.reply ?? '',
         relay: '',
         at: rec ? Date.parse(rec.at) : 0,
-        // A delivery agent's mark for a recipient still owed its success DSN (its qmgr died first).
-        report: rec?.state === 'sent' && rec.success_owed === true,
+        // A delivery agent's mark for a recipient still owed its success or failure DSN (its qmgr was gone).
+        report: (rec?.state === 'sent' && rec.success_owed === true) || (rec?.state === 'bounced' && rec.failure_owed === true),
         ...(rec?.success_owed === true && rec.relayed ? { relayed: rec.relayed } : {}),
         ...(rec?.state === 'bounced' && rec.targets ? { targets: rec.targets } : {}),
       };
@@ -107,6 +107,7 @@ export function expire(m: Msg, t: number, lifetime: string): Rcpt[] {
     r.reply = `message expired after ${lifetime} in the queue${last}`;
     r.at = t;
     r.report = true;
+    delete r.targets;
     m.unsaved.push({ rcpt: i, state: 'bounced', dsn: r.dsn, reply: r.reply, at: new Date(t).toISOString() });
     out.push(r);
   }
@@ -146,10 +147,16 @@ export function dsnLists(m: Msg, t: number, delayWarning: number): DsnLists {
  */
 export function dsnRecipient(r: Rcpt, kind: DsnRecipient['action'], t: number, retryUntil: number): DsnRecipient[] {
   if (kind === 'failed' && r.status === 'bounced' && r.targets !== undefined && r.targets.length > 0) {
-    return r.targets.map((x) => ({
-      address: x.address, orcpt: r.orcpt ?? `rfc822;${r.address}`, expandedFrom: r.address, action: 'failed',
-      status: x.dsn, diagnostic: x.reply, remoteMta: '', lastAttempt: new Date(r.at || t),
-    }));
+    return r.targets.map((x) => {
+      // A target of the alias's own (a command) is the recipient itself, not something it was expanded to.
+      const self = x.address.toLowerCase() === r.address.toLowerCase();
+      // RFC 6533: an address with UTF-8 in it is of type utf-8.
+      const orcpt = r.orcpt ?? (self ? undefined : `${/[^\x00-\x7f]/.test(r.address) ? 'utf-8' : 'rfc822'};${r.address}`);
+      return {
+        address: x.address, ...(orcpt !== undefined ? { orcpt } : {}), ...(self ? {} : { expandedFrom: r.address }), action: 'failed',
+        status: x.dsn, diagnostic: x.reply, remoteMta: '', lastAttempt: new Date(r.at || t),
+      };
+    });
   }
   // RFC 3461 §5.2.2: relayed to a next hop without DSN is reported as "relayed", not "delivered".
   const action = kind === 'delivered' && r.relayed === 'plain' ? 'relayed' : kind;

@@ -42,6 +42,11 @@ export interface StateRecord {
   readonly success_owed?: boolean;
   /** With success_owed: how the next hop took it (RecipientResult.relayed). */
   readonly relayed?: 'dsn' | 'plain';
+  /**
+   * A delivery agent's "bounced" mark for a job whose qmgr was gone when it ended (a reload, a crash): the next
+   * qmgr sends the failure DSN it owes.
+   */
+  readonly failure_owed?: boolean;
   /** For bounced: the alias targets that failed (RecipientResult.targets), reported in the failure DSN. */
   readonly targets?: readonly FailedTarget[];
 }

@@ -47,6 +47,7 @@ export class DataBody {
     return this.reader.size;
   }
 
+  /** Takes input up to the end of data (the rest is returned); past the size limit the transaction is aborted. */
   push(input: Buffer): Fed {
     const res = this.reader.push(input);
     const rest = res.done ? input.subarray(res.consumed) : EMPTY;
@@ -57,6 +58,7 @@ export class DataBody {
     return { done: res.done, rest, wait: this.verdict() === null ? send(this.tx, res.out) : null };
   }
 
+  /** At the end of data: why the message is refused, or null. */
   verdict(): Refusal {
     if (this.reader.nul) return { reply: R.nulInData, reason: 'NUL in data' };
     if (this.reader.bareLineEnd) return { reply: R.bareLfData, reason: 'bare CR or LF in data' };
@@ -86,7 +88,10 @@ export class BdatBody {
     return R.tooBig;
   }
 
-  /** After the LAST chunk; a message that may be committed gets the CRLF it needs to be relayed as lines. */
+  /**
+   * After the LAST chunk, once: why the message is refused, or null; a message that may be committed gets the
+   * CRLF it needs to be relayed as lines.
+   */
   verdict(): Refusal {
     if (this.checker.nul) return { reply: R.nulInData, reason: 'NUL in BDAT' };
     if (this.checker.bareLineEnd || this.checker.pendingCr) return { reply: R.bareLfData, reason: 'bare CR or LF in BDAT' };

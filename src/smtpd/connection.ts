@@ -153,11 +153,16 @@ export class Connection {
         // A feed that waited for cleanup to drain may return with more input buffered meanwhile: no new
         // 'data' event will come for it, so go round again instead of stopping.
         if (this.mode === 'data' || this.mode === 'bdat') {
-          if (!(await this.feedBody())) {
+          const data = this.mode === 'data';
+          const done = await this.feedBody();
+          // The session may have ended while the body waited for cleanup (the client went away, a timeout,
+          // a forced shutdown): nothing more is read or answered.
+          if ((this.mode as Mode) === 'closed') break;
+          if (!done) {
             if (this.buf.length > 0) continue;
             break;
           }
-          await (this.mode === 'data' ? this.finishData() : this.finishBdatChunk());
+          await (data ? this.finishData() : this.finishBdatChunk());
           continue;
         }
         const line = this.nextLine();
@@ -294,11 +299,13 @@ export class Connection {
     this.chunking.failed = null;
   }
 
+  // Aborts the open transaction's body at cleanup, if there is one.
   private abandonBody(): void {
     this.body?.tx.abort();
     this.body = null;
   }
 
+  // DATA: 354 when the transaction may take a body (RFC 5321 §4.1.1.4), then the body is read.
   private startData(args: string): void {
     if (args.trim() !== '') return this.answer(R.noParams);
     const refusal = canStartBody(this.session, 'DATA');
@@ -310,6 +317,7 @@ export class Connection {
     this.flush();
   }
 
+  // The session's envelope goes to cleanup as a new message.
   private transaction(): CleanupTransaction {
     return new CleanupTransaction(this.deps.cleanup, envelopeOf(this.session));
   }
@@ -328,6 +336,7 @@ export class Connection {
     return fed.done;
   }
 
+  // The end of data was read: the message's one answer.
   private async finishData(): Promise<void> {
     const body = this.body!;
     this.mode = 'cmd';
@@ -337,6 +346,7 @@ export class Connection {
     this.answer(r);
   }
 
+  // BDAT: a chunk of the given size follows (RFC 3030); the first one of a transaction opens its body.
   private startBdat(args: string): void {
     const started = this.chunking.start(args, this.body as BdatBody | null, () => {
       const refusal = canStartBody(this.session, 'BDAT');
@@ -356,6 +366,7 @@ export class Connection {
     this.mode = 'bdat';
   }
 
+  // A chunk was read: its answer, and after LAST (or a refusal) the transaction's end.
   private async finishBdatChunk(): Promise<void> {
     this.mode = 'cmd';
     const body = this.body as BdatBody | null;

@@ -152,6 +152,7 @@ describe('reloads while a command runs', () => {
     chmodSync(out, 0o777);
     writeFileSync(join(dir, 'aliases'), [
       `long: "|echo run >> ${out}/runs; sleep 9; cat > ${out}/long-$QUEUE_ID"`,
+      `longfail: "|echo run >> ${out}/runs-fail; sleep 9; cat > /dev/null; exit 67"`,
       `quick: "|cat > ${out}/quick-$QUEUE_ID"`,
       '',
     ].join('\n'), { mode: 0o644 });
@@ -185,10 +186,11 @@ describe('reloads while a command runs', () => {
     }
   }
 
-  test('the running command finishes once, its recipient is sent; new mail goes through the new agents meanwhile', async () => {
+  test('running commands finish once, with their outcome (sent; bounced with its DSN); new mail goes through the new agents meanwhile', async () => {
     const long = await send('long@mx.test');
-    for (let i = 0; i < 100 && !existsSync(join(out, 'runs')); i++) await new Promise((r) => setTimeout(r, 100));
-    assert.ok(existsSync(join(out, 'runs')), 'the long command started');
+    const fail = await send('longfail@mx.test');
+    for (let i = 0; i < 100 && !(existsSync(join(out, 'runs')) && existsSync(join(out, 'runs-fail'))); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(existsSync(join(out, 'runs')) && existsSync(join(out, 'runs-fail')), 'both long commands started');
     const r = await p.cli(['reload']);
     assert.equal(r.code, 0, r.stderr);
     const quick = await send('quick@mx.test');
@@ -203,5 +205,14 @@ describe('reloads while a command runs', () => {
     assert.match(readFileSync(join(out, `long-${long}`), 'utf8'), /body of long@mx\.test/);
     await p.waitLog((l) => l.event === 'removed' && l.qid === long);
     assert.equal(readFileSync(join(out, 'runs'), 'utf8'), 'run\n', 'ran once');
+    // The failure is final (EX_NOUSER): its DSN goes to the sender, and the command is not run again.
+    const f = await p.waitLog((l) => l.event === 'delivery' && l.qid === fail, 30_000);
+    assert.equal(f.status, 'bounced', String(f.reply));
+    await p.waitLog((l) => l.event === 'dsn' && l.qid === fail);
+    const dsn = await parseDsn((await waitMaildir(p.dir, 'alice', 1)).at(-1)!);
+    assert.equal(dsn.recipients[0]!['final-recipient'], 'rfc822; longfail@mx.test');
+    assert.equal(dsn.recipients[0]!['status'], '5.1.1');
+    await p.waitLog((l) => l.event === 'removed' && l.qid === fail);
+    assert.equal(readFileSync(join(out, 'runs-fail'), 'utf8'), 'run\n', 'the failed command ran once');
   });
 });
