@@ -13,55 +13,83 @@ import { configText, runStart, startPalisade, type Running } from '../support/pa
 import { openSession, queueIdOf } from '../support/smtp-client.ts';
 import { parseDsn, waitMaildir } from '../support/mailbox.ts';
 
-describe('delivery to commands', () => {
-  let p: Running;
-  let dir: string;
-  let out: string;
-  before(async () => {
-    // The service users and the command user must traverse these directories.
-    dir = mkdtempSync(join(tmpdir(), 'palisade-cmd-'));
-    chmodSync(dir, 0o755);
-    out = mkdtempSync(join(tmpdir(), 'palisade-cmd-out-'));
-    chmodSync(out, 0o777);
-    const spool = join(dir, 'var/spool');
-    writeFileSync(join(dir, 'incl'), `"|touch ${out}/never"\n`, { mode: 0o644 });
-    writeFileSync(join(dir, 'aliases'), [
-      `pipe: "|cat > ${out}/msg-$QUEUE_ID; env > ${out}/env-$QUEUE_ID; kill -0 $PPID 2>/dev/null; echo $? > ${out}/signal-$QUEUE_ID; id -un > ${out}/user-$QUEUE_ID; ls ${spool}/active > ${out}/queue-$QUEUE_ID 2>&1; echo \\"exit $?\\" >> ${out}/queue-$QUEUE_ID; if [ -w ${spool}/private/cleanup ]; then echo reachable; else echo unreachable; fi > ${out}/cleanup-$QUEUE_ID"`,
-      'nouser: "|cat > /dev/null; exit 67"',
-      'later: "|exit 75"',
-      'slow: "|sleep 60"',
-      `incl: :include:${join(dir, 'incl')}`,
-      '',
-    ].join('\n'), { mode: 0o644 });
-    p = await startPalisade({
-      dir,
-      dropPrivileges: true,
-      workers: 1,
-      toml: `[local]\naliases = "file:${join(dir, 'aliases')}"\nallow_commands = true\ncommand_timeout = "1s"\n` +
-        '[queue]\nretry_min = "1h"\nretry_max = "1h"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n',
-    });
-  });
-  after(async () => {
+/** A Palisade with the privilege drop and commands on; `out` is a directory every command may write to. */
+interface WithCommands {
+  readonly p: Running;
+  readonly dir: string;
+  readonly out: string;
+  /** Stops Palisade (asserting exit 0) and removes both directories. */
+  close(): Promise<void>;
+}
+
+/** Starts it with the aliases `aliases(dir, out)` returns (one line each; it may write files, such as include files, first) and the given command_timeout. */
+async function startWithCommands(name: string, aliases: (dir: string, out: string) => string[], commandTimeout: string): Promise<WithCommands> {
+  // The service users and the command user must traverse these directories.
+  const dir = mkdtempSync(join(tmpdir(), `palisade-${name}-`));
+  chmodSync(dir, 0o755);
+  const out = mkdtempSync(join(tmpdir(), `palisade-${name}-out-`));
+  chmodSync(out, 0o777);
+  writeFileSync(join(dir, 'aliases'), [...aliases(dir, out), ''].join('\n'), { mode: 0o644 });
+  let p: Running | undefined;
+  const close = async () => {
     try {
       if (p !== undefined) assert.equal(await p.stop(), 0, 'Palisade exits 0 on SIGTERM');
     } finally {
       rmSync(dir, { recursive: true, force: true });
       rmSync(out, { recursive: true, force: true });
     }
-  });
-
-  async function send(rcpt: string, body = 'Subject: to a command\nMessage-ID: <cmd@client.test>\n\nline one\n..dotted\n'): Promise<string> {
-    const c = await openSession(p.port);
-    try {
-      await c.ok('MAIL FROM:<alice@mx.test>');
-      await c.ok(`RCPT TO:<${rcpt}>`);
-      await c.ok('DATA', 354);
-      c.write(body.replace(/\n/g, '\r\n') + '.\r\n');
-      return queueIdOf(await c.expect(250));
-    } finally {
-      c.close();
-    }
+  };
+  try {
+    p = await startPalisade({
+      dir,
+      dropPrivileges: true,
+      workers: 1,
+      toml: `[local]\naliases = "file:${join(dir, 'aliases')}"\nallow_commands = true\ncommand_timeout = "${commandTimeout}"\n` +
+        '[queue]\nretry_min = "1h"\nretry_max = "1h"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n',
+    });
+  } catch (e) {
+    await close();
+    throw e;
   }
+  return { p, dir, out, close };
+}
+
+/** Sends `body` (LF line ends) from alice@mx.test to `rcpt`; returns the queue ID. */
+async function sendTo(p: Running, rcpt: string, body: string): Promise<string> {
+  const c = await openSession(p.port);
+  try {
+    await c.ok('MAIL FROM:<alice@mx.test>');
+    await c.ok(`RCPT TO:<${rcpt}>`);
+    await c.ok('DATA', 354);
+    c.write(body.replace(/\n/g, '\r\n') + '.\r\n');
+    return queueIdOf(await c.expect(250));
+  } finally {
+    c.close();
+  }
+}
+
+describe('delivery to commands', () => {
+  let p: Running;
+  let dir: string;
+  let out: string;
+  let pc: WithCommands;
+  before(async () => {
+    pc = await startWithCommands('cmd', (dir, out) => {
+      const spool = join(dir, 'var/spool');
+      writeFileSync(join(dir, 'incl'), `"|touch ${out}/never"\n`, { mode: 0o644 });
+      return [
+        `pipe: "|cat > ${out}/msg-$QUEUE_ID; env > ${out}/env-$QUEUE_ID; kill -0 $PPID 2>/dev/null; echo $? > ${out}/signal-$QUEUE_ID; id -un > ${out}/user-$QUEUE_ID; ls ${spool}/active > ${out}/queue-$QUEUE_ID 2>&1; echo \\"exit $?\\" >> ${out}/queue-$QUEUE_ID; if [ -w ${spool}/private/cleanup ]; then echo reachable; else echo unreachable; fi > ${out}/cleanup-$QUEUE_ID"`,
+        'nouser: "|cat > /dev/null; exit 67"',
+        'later: "|exit 75"',
+        'slow: "|sleep 60"',
+        `incl: :include:${join(dir, 'incl')}`,
+      ];
+    }, '1s');
+    ({ p, dir, out } = pc);
+  });
+  after(() => pc?.close());
+
+  const send = (rcpt: string, body = 'Subject: to a command\nMessage-ID: <cmd@client.test>\n\nline one\n..dotted\n') => sendTo(p, rcpt, body);
   const outcome = (qid: string) => p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
 
   test('the command reads the message with a From_ line and the delivery headers, as command_user, walled off from the queue', async () => {
@@ -143,48 +171,19 @@ describe('delivery to commands', () => {
 // that outlives drain_timeout (2 s here) and the old 5 s grace is not cut short, and does not run twice.
 describe('reloads while a command runs', () => {
   let p: Running;
-  let dir: string;
   let out: string;
+  let pc: WithCommands;
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'palisade-cmd-reload-'));
-    chmodSync(dir, 0o755);
-    out = mkdtempSync(join(tmpdir(), 'palisade-cmd-reload-out-'));
-    chmodSync(out, 0o777);
-    writeFileSync(join(dir, 'aliases'), [
+    pc = await startWithCommands('cmd-reload', (_dir, out) => [
       `long: "|echo run >> ${out}/runs; sleep 9; cat > ${out}/long-$QUEUE_ID"`,
       `longfail: "|echo run >> ${out}/runs-fail; sleep 9; cat > /dev/null; exit 67"`,
       `quick: "|cat > ${out}/quick-$QUEUE_ID"`,
-      '',
-    ].join('\n'), { mode: 0o644 });
-    p = await startPalisade({
-      dir,
-      dropPrivileges: true,
-      workers: 1,
-      toml: `[local]\naliases = "file:${join(dir, 'aliases')}"\nallow_commands = true\ncommand_timeout = "60s"\n` +
-        '[queue]\nretry_min = "1h"\nretry_max = "1h"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\n',
-    });
+    ], '60s');
+    ({ p, out } = pc);
   });
-  after(async () => {
-    try {
-      if (p !== undefined) assert.equal(await p.stop(), 0, 'Palisade exits 0 on SIGTERM');
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      rmSync(out, { recursive: true, force: true });
-    }
-  });
+  after(() => pc?.close());
 
-  async function send(rcpt: string): Promise<string> {
-    const c = await openSession(p.port);
-    try {
-      await c.ok('MAIL FROM:<alice@mx.test>');
-      await c.ok(`RCPT TO:<${rcpt}>`);
-      await c.ok('DATA', 354);
-      c.write(`Subject: for ${rcpt}\r\n\r\nbody of ${rcpt}\r\n.\r\n`);
-      return queueIdOf(await c.expect(250));
-    } finally {
-      c.close();
-    }
-  }
+  const send = (rcpt: string) => sendTo(p, rcpt, `Subject: for ${rcpt}\n\nbody of ${rcpt}\n`);
 
   test('running commands finish once, with their outcome (sent; bounced with its DSN); new mail goes through the new agents meanwhile', async () => {
     const long = await send('long@mx.test');
