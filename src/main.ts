@@ -132,6 +132,7 @@ function onMasterMessage(handler: Handler): void {
 
 async function runChild(role: string): Promise<void> {
   if (typeof process.send !== 'function') throw new Error('child roles run only under master');
+  if (role === 'prime') return prime();
   // Master gone = we go too (no orphans).
   process.on('disconnect', () => process.exit(0));
   process.on('SIGTERM', () => process.exit(0));
@@ -144,6 +145,18 @@ async function runChild(role: string): Promise<void> {
   if (role === 'delivery') return runDelivery(init);
   if (role === 'command') return runCommandAgent(init);
   throw new Error(`unknown child role ${role}`);
+}
+
+// The compile cache's primer (src/master/compile-cache.ts): loads every role's modules with the cache on
+// (NODE_COMPILE_CACHE), writes it out, and exits.
+async function prime(): Promise<void> {
+  await Promise.all([
+    import('./cleanup/index.ts'), import('./queue/index.ts'), import('./smtpd/index.ts'), import('./qmgr/index.ts'),
+    import('./delivery/index.ts'), import('./dns/index.ts'), import('./core/duration.ts'),
+  ]);
+  const { flushCompileCache } = await import('node:module');
+  flushCompileCache();
+  process.exit(0);
 }
 
 // Session and commit notices to master are gathered this long (a few per message otherwise, each a wake-up of

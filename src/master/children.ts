@@ -5,6 +5,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { closeSync, readdirSync, readFileSync } from 'node:fs';
 import type { Logger } from '../log/index.ts';
+import type { CompileCache } from './compile-cache.ts';
 
 /** How to start one child. */
 export interface ChildSpec {
@@ -21,6 +22,8 @@ export interface ChildSpec {
   readonly onSpawn: (child: ChildProcess) => void;
   /** Called when the process exits (before any restart). */
   readonly onExit?: (child: ChildProcess, code: number | null, signal: string | null) => void;
+  /** Gives each process a fresh copy of the compile cache (src/master/compile-cache.ts). */
+  readonly cache?: CompileCache;
 }
 
 const MIN_BACKOFF = 100;
@@ -53,10 +56,15 @@ export class Supervised {
   /** Starts the process now. */
   start(): void {
     this.startedAt = Date.now();
+    let grants = typeof this.spec.grants === 'function' ? this.spec.grants() : this.spec.grants;
+    const cache = this.spec.cache;
+    const cacheDir = grants === undefined ? null : cache?.forChild(this.spec.role, this.spec.index, this.spec.uid, this.spec.gid) ?? null;
+    // Node uses the cache under the permission model only with write access to it.
+    if (cacheDir !== null) grants = { ...grants!, read: [...grants!.read, cacheDir], write: [...grants!.write, cacheDir] };
     const child = fork(this.spec.entry, ['child', this.spec.role], {
       execPath: process.execPath,
-      execArgv: childExecArgv(typeof this.spec.grants === 'function' ? this.spec.grants() : this.spec.grants),
-      env: childEnv(),
+      execArgv: childExecArgv(grants),
+      env: { ...childEnv(), ...(cacheDir !== null ? { NODE_COMPILE_CACHE: cacheDir } : {}) },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       ...(this.spec.uid !== undefined ? { uid: this.spec.uid, gid: this.spec.gid } : {}),
       serialization: 'json',
@@ -66,6 +74,7 @@ export class Supervised {
     this.exited = new Promise((r) => (resolveExit = r));
     child.on('error', (e) => this.log.error({ event: 'child-error', role: this.spec.role, err: e.message }));
     child.on('exit', (code, signal) => {
+      if (cacheDir !== null) cache!.release(cacheDir);
       resolveExit();
       this.spec.onExit?.(child, code, signal);
       if (this.child === child) this.child = null;
@@ -142,8 +151,8 @@ export function childExecArgv(grants?: Grants): string[] {
   return args;
 }
 
-// An explicit minimal environment: nothing of the operator's shell leaks into children.
-function childEnv(): NodeJS.ProcessEnv {
+/** An explicit minimal environment: nothing of the operator's shell leaks into children. */
+export function childEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C.UTF-8' };
   if (process.env.UV_THREADPOOL_SIZE) env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE;
   if (process.env.TZ) env.TZ = process.env.TZ;

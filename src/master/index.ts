@@ -19,6 +19,7 @@ import { Orphans } from './orphans.ts';
 import { ensureCommandUser, ensureIdentities, secureSpool, type Identities } from './privilege.ts';
 import { assertNotRunning, assertSafeDirs, bindListeners, bindPrivate, lockSpool, serveControl, StartError } from './startup.ts';
 import { SmtpdWorkers } from './workers.ts';
+import { CompileCache } from './compile-cache.ts';
 
 export { StartError } from './startup.ts';
 
@@ -122,6 +123,10 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     command: { read: code, write: [], childProcess: true },
   };
 
+  // The children's compile cache, filled before the first of them starts (src/master/compile-cache.ts).
+  const cache = new CompileCache(join(cfg.server.data_dir, 'compile-cache'), log);
+  await cache.prime(deps.entry, code);
+
   const anvil = new Anvil(anvilLimits(cfg));
   // Shared state the smtpd workers need at every MAIL: stress mode and a spool short of space.
   const flags = { stress: false, diskLow: false };
@@ -155,6 +160,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     grants: grants.cleanup,
     index: 0,
     entry: deps.entry,
+    cache,
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
     onSpawn: (child) => {
       child.send({ type: 'init', role: 'cleanup', config: cfg, socket: cleanupPath, socketGroup: ids?.group ?? -1 });
@@ -178,6 +184,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     grants: grants.qmgr,
     index: 0,
     entry: deps.entry,
+    cache,
     ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
     onSpawn: (child) => {
       // First the delivery agents say which jobs they still run for the qmgr before (all they run now):
@@ -225,6 +232,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
       grants: grants.delivery,
       index,
       entry: deps.entry,
+      cache,
       ...(ids ? { uid: ids.user.uid, gid: ids.user.gid } : {}),
       onSpawn: (child) => {
         // A reload that turns commands off takes effect here; turning them on needs a restart (no agent).
@@ -251,6 +259,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
     grants: grants.command,
     index: 0,
     entry: deps.entry,
+    cache,
     // Stays root (as Postfix's local(8)) to run each command as command_user; see src/delivery/command.ts.
     onSpawn: (child) => {
       child.send({ type: 'init', role: 'command', config: cfg, commandUser: commandIds });
@@ -276,7 +285,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   // ---- smtpd workers ----
   const workerCount = cfg.smtp.workers > 0 ? cfg.smtp.workers : Math.max(1, cpus().length);
   const workers = new SmtpdWorkers({
-    log, anvil, entry: deps.entry, grants: grants.smtpd, ids: ids ? ids.smtpd : null, cleanupPath, handles, flags,
+    log, anvil, entry: deps.entry, cache, grants: grants.smtpd, ids: ids ? ids.smtpd : null, cleanupPath, handles, flags,
     stopping: () => stopping,
     listenFailed: (display, code) => {
       log.error({ event: 'listen-failed', listener: display, err: code });

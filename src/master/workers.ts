@@ -10,6 +10,7 @@ import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { Anvil } from '../policy/index.ts';
 import { Supervised, type Grants } from './children.ts';
+import type { CompileCache } from './compile-cache.ts';
 import type { ListenHandle } from './startup.ts';
 
 /** What the workers need from master. */
@@ -18,6 +19,7 @@ export interface SmtpdWorkersDeps {
   readonly anvil: Anvil;
   /** Path of src/main.ts. */
   readonly entry: string;
+  readonly cache?: CompileCache;
   /** The smtpd role's permission-model grants, asked at each (re)start. */
   readonly grants: () => Grants;
   /** The smtpd service user, or null without the privilege drop. */
@@ -128,6 +130,7 @@ export class SmtpdWorkers {
       grants: this.deps.grants,
       index,
       entry: this.deps.entry,
+      ...(this.deps.cache ? { cache: this.deps.cache } : {}),
       ...(ids ? { uid: ids.uid, gid: ids.gid } : {}),
       onSpawn: (child) => {
         w.listening = 0;

@@ -91,13 +91,13 @@ async function send(port: number, rcpt: string, body: string | Buffer): Promise<
 
 const message = (id: string) => `Message-ID: <${id}@client.test>\r\nSubject: ${id}\r\n\r\nbody of ${id}\r\n`;
 
-describe('min_free_space = 1 MB on a 4 MB spool file system', { skip: SKIP }, () => {
+describe('min_free_space = 1 MB on a 16 MB spool file system (the compile cache takes a few MB of it)', { skip: SKIP }, () => {
   let fs: ReturnType<typeof tmpfsDir>;
   let peer: SmtpPeer;
   let p: Running;
   const filler = () => join(fs.dataDir, 'filler');
   before(async () => {
-    fs = tmpfsDir('4m');
+    fs = tmpfsDir('16m');
     // The peer tempfails at first, so the first messages stay queued through the disk-low phase.
     peer = await startSmtpPeer({ tempfailRcpt: 1_000_000 });
     p = await startPalisade({
@@ -189,7 +189,7 @@ describe('ENOSPC in the middle of a message (min_free_space = 0)', { skip: SKIP 
   let fs: ReturnType<typeof tmpfsDir>;
   let p: Running;
   before(async () => {
-    fs = tmpfsDir('4m');
+    fs = tmpfsDir('16m');
     p = await startPalisade({ dir: fs.dir, workers: 1, toml: KEEP_QUEUED.replace('[queue]\n', '[queue]\nmin_free_space = 0\n') });
   });
   after(async () => {
@@ -229,7 +229,7 @@ describe('a full disk while qmgr appends a state record (min_free_space = 0)', {
   let peer: SmtpPeer;
   let p: Running;
   before(async () => {
-    fs = tmpfsDir('4m');
+    fs = tmpfsDir('16m');
     peer = await startSmtpPeer({ tempfailRcpt: 1_000_000 });
     p = await startPalisade({
       dir: fs.dir,

@@ -7,7 +7,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { ROOT, childProcesses, startPalisade, waitFor, type Running } from '../support/palisade.ts';
@@ -188,8 +188,15 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
         assert.ok(argv.includes('--no-experimental-sqlite'), `${role}: node:sqlite off (it writes files past the model)`);
         for (const a of argv) assert.doesNotMatch(a, /^--allow-(child-process|worker|addons|wasi|inspector)/, `${role}: ${a}`);
         const g = grantsOf(argv);
-        assert.deepEqual(g.read.sort(), [...want[role]!.read].sort(), `${role} reads`);
-        assert.deepEqual(g.write.sort(), [...want[role]!.write].sort(), `${role} writes`);
+        // Besides its role's grants, its own copy of the compile cache: fresh, private, its user's.
+        const cache = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').find((kv) => kv.startsWith('NODE_COMPILE_CACHE='))?.slice(19);
+        assert.ok(cache !== undefined && cache.startsWith(join(dir, 'var/compile-cache', `${role}-`)), `${role}: a compile cache of its own (${cache})`);
+        const st = statSync(cache);
+        assert.equal(st.mode & 0o777, 0o700, `${role}: cache mode`);
+        assert.equal(st.uid, procIds(pid).uid[0], `${role}: the cache is its user's`);
+        assert.ok(readdirSync(cache).length === 1, `${role}: the cache was filled before it started`);
+        assert.deepEqual(g.read.sort(), [...want[role]!.read, cache].sort(), `${role} reads`);
+        assert.deepEqual(g.write.sort(), [...want[role]!.write, cache].sort(), `${role} writes`);
         for (const path of [...g.read, ...g.write]) assert.ok(!path.includes('*') && path.startsWith('/'), `${role}: exact path ${path}`);
       }
     }
@@ -199,12 +206,27 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
     }
   });
 
+  test('the pristine compile cache is master\'s alone; a restarted child gets a fresh copy and its old one goes', async () => {
+    const root = join(dir, 'var/compile-cache');
+    assert.equal(statSync(join(root, 'pristine')).mode & 0o777, 0o700);
+    assert.equal(statSync(join(root, 'pristine')).uid, 0);
+    assert.equal(statSync(root).mode & 0o777, 0o711, 'others may not list the copies');
+    const cacheOf = (pid: number) => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').find((kv) => kv.startsWith('NODE_COMPILE_CACHE='))!.slice(19);
+    const [old] = childrenByRole(p).get('qmgr')!;
+    const oldCache = cacheOf(old!);
+    process.kill(old!, 'SIGKILL');
+    const fresh = await waitFor('a new qmgr', () => childrenByRole(p).get('qmgr')?.find((x) => x !== old), 20_000);
+    const freshCache = await waitFor('its cache', () => { try { return cacheOf(fresh); } catch { return undefined; } }, 5000);
+    assert.notEqual(freshCache, oldCache);
+    assert.equal(existsSync(oldCache), false, 'the dead process\'s copy is removed');
+  });
+
   test('children get an explicit minimal environment, nothing of the caller\'s', () => {
     for (const [role, pids] of childrenByRole(p)) {
       for (const pid of pids) {
         const names = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter((x) => x !== '').map((kv) => kv.slice(0, kv.indexOf('=')));
         // NODE_CHANNEL_* is the fork channel itself (added by Node).
-        for (const n of names) assert.ok(['PATH', 'LANG', 'TZ', 'UV_THREADPOOL_SIZE'].includes(n) || n.startsWith('NODE_CHANNEL_'), `${role} ${pid} has ${n}`);
+        for (const n of names) assert.ok(['PATH', 'LANG', 'TZ', 'UV_THREADPOOL_SIZE', 'NODE_COMPILE_CACHE'].includes(n) || n.startsWith('NODE_CHANNEL_'), `${role} ${pid} has ${n}`);
       }
     }
   });
