@@ -8,7 +8,7 @@
 
 import { fork } from 'node:child_process';
 import { chownSync, cpSync, lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { Logger } from '../log/index.ts';
 import { childEnv, childExecArgv } from './children.ts';
 
@@ -24,7 +24,7 @@ export class CompileCache {
   private made = 0;
 
   constructor(root: string, log: Logger) {
-    this.root = root;
+    this.root = resolve(root);
     this.log = log;
   }
 
