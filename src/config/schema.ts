@@ -62,7 +62,7 @@ const server = z
     user: z.string().default('palisade').describe('Children run as this user when started as root; "" = no privilege drop at all'),
     smtpd_user: z.string().default('palisade-smtpd').describe('smtpd\'s own user (cannot read the queue); shares group "palisade" with `user`'),
     drain_timeout: duration('30s', 'On SIGTERM, sessions may finish for this long, then get 421 4.3.2'),
-    data_dir: z.string().default('./var').describe('Default home of spool/, mail/ and tls/, relative to the working directory'),
+    data_dir: z.string().default('./var').describe('Default home of spool/, mail/ and tls/, and home of the children\'s compile-cache/, relative to the working directory'),
   })
   .prefault({});
 

@@ -5,7 +5,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { closeSync, readdirSync, readFileSync } from 'node:fs';
 import type { Logger } from '../log/index.ts';
-import type { CompileCache } from './compile-cache.ts';
+import type { ChildCache, CompileCache } from './compile-cache.ts';
 
 /** How to start one child. */
 export interface ChildSpec {
@@ -22,7 +22,7 @@ export interface ChildSpec {
   readonly onSpawn: (child: ChildProcess) => void;
   /** Called when the process exits (before any restart). */
   readonly onExit?: (child: ChildProcess, code: number | null, signal: string | null) => void;
-  /** Gives each process a fresh copy of the compile cache (src/master/compile-cache.ts). */
+  /** Gives each process its compile cache (src/master/compile-cache.ts). */
   readonly cache?: CompileCache;
 }
 
@@ -56,26 +56,36 @@ export class Supervised {
   /** Starts the process now. */
   start(): void {
     this.startedAt = Date.now();
-    let grants = typeof this.spec.grants === 'function' ? this.spec.grants() : this.spec.grants;
+    const base = typeof this.spec.grants === 'function' ? this.spec.grants() : this.spec.grants;
     const cache = this.spec.cache;
-    const cacheDir = grants === undefined ? null : cache?.forChild(this.spec.role, this.spec.index, this.spec.uid, this.spec.gid) ?? null;
-    // Node uses the cache under the permission model only with write access to it.
-    if (cacheDir !== null) grants = { ...grants!, read: [...grants!.read, cacheDir], write: [...grants!.write, cacheDir] };
-    const child = fork(this.spec.entry, ['child', this.spec.role], {
-      execPath: process.execPath,
-      execArgv: childExecArgv(grants),
-      env: { ...childEnv(), ...(cacheDir !== null ? { NODE_COMPILE_CACHE: cacheDir } : {}) },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      ...(this.spec.uid !== undefined ? { uid: this.spec.uid, gid: this.spec.gid } : {}),
-      serialization: 'json',
-    });
+    const cached: ChildCache | null = base === undefined || cache === undefined ? null : cache.forChild(this.spec.role, this.spec.index, this.spec.uid);
+    // Node uses the cache under the permission model only with write access to it (the file modes still
+    // decide whether a write can happen).
+    const grants = base !== undefined && cached !== null ? { ...base, read: [...base.read, cached.dir], write: [...base.write, cached.dir] } : base;
+    const release = () => {
+      if (cached !== null) cache?.release(cached);
+    };
+    let child: ChildProcess;
+    try {
+      child = fork(this.spec.entry, ['child', this.spec.role], {
+        execPath: process.execPath,
+        execArgv: childExecArgv(grants),
+        env: { ...childEnv(), ...(cached !== null ? { NODE_COMPILE_CACHE: cached.dir } : {}) },
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        ...(this.spec.uid !== undefined ? { uid: this.spec.uid, gid: this.spec.gid } : {}),
+        serialization: 'json',
+      });
+    } catch (e) {
+      release();
+      throw e;
+    }
     this.child = child;
     let resolveExit!: () => void;
     this.exited = new Promise((r) => (resolveExit = r));
     child.on('error', (e) => this.log.error({ event: 'child-error', role: this.spec.role, err: e.message }));
     child.on('exit', (code, signal) => {
-      if (cacheDir !== null) cache!.release(cacheDir);
       resolveExit();
+      release();
       this.spec.onExit?.(child, code, signal);
       if (this.child === child) this.child = null;
       if (this.stopping) return;

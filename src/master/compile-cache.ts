@@ -1,26 +1,36 @@
 // SPDX-License-Identifier: MIT
 // CompileCache: Node's compile cache (the TypeScript sources with their types stripped, and V8's code) for the
 // children, so that they start without loading the TypeScript transpiler (about 11 MB in each process) and
-// compile less: together about half of a child's memory. A primer process fills a pristine cache at start;
-// each child process then gets its own copy, made fresh at every (re)start, which it alone may read and
-// write. So a compromised child can change what it runs itself, never what another process runs, nor what it
-// runs once restarted: a restart still starts from the code on disk.
+// compile less: together about half of a child's memory. A primer process fills a pristine cache at start.
+// A child that runs as another user than master (the privilege drop) reads a copy for its user that belongs
+// to master and that it cannot change. A child of master's own user gets a private copy of its own, made
+// fresh at every (re)start and removed when it exits. Either way no child can change what another process
+// runs, nor what it runs itself once restarted: a restart still starts from the code on disk.
 
 import { fork } from 'node:child_process';
-import { chownSync, cpSync, lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { chmodSync, cpSync, lstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { Logger } from '../log/index.ts';
 import { childEnv, childExecArgv } from './children.ts';
 
 /** How long the primer may take before the children start without a cache. */
 const PRIME_MS = 30_000;
 
+/** A child's cache directory, and whether it is the child's own (to be removed when it exits). */
+export interface ChildCache {
+  readonly dir: string;
+  readonly own: boolean;
+}
+
 /** The children's compile caches, under one directory of master's. */
 export class CompileCache {
   private readonly root: string;
   private readonly log: Logger;
-  // The pristine cache's subdirectory for master's uid ("v24.x-x64-<flags hash>-<uid>", named by Node), once primed.
+  private readonly uid = process.getuid?.() ?? 0;
+  // The pristine cache's subdirectory for master's uid ("v24.x-x64-<V8 flags hash>-<uid>", named by Node).
   private primed: string | null = null;
+  // Users with a read-only copy in shared/.
+  private readonly shared = new Set<number>();
   private made = 0;
 
   constructor(root: string, log: Logger) {
@@ -30,26 +40,26 @@ export class CompileCache {
 
   /**
    * Runs the primer (`entry child prime`, as master's user, under the permission model with `code` to read):
-   * it loads every role's modules with the cache on, and exits. Resolves once it has; without it (an error, a
-   * timeout) the children start without a cache.
+   * it loads every role's modules with the cache on, and exits. Then makes the read-only copies for the
+   * children's `users` other than master's. Resolves once done; on any failure the children start without a
+   * cache (logged).
    */
-  async prime(entry: string, code: readonly string[]): Promise<void> {
+  async prime(entry: string, code: readonly string[], users: readonly number[]): Promise<void> {
     const pristine = join(this.root, 'pristine');
-    const uid = process.getuid?.() ?? 0;
     try {
       // Whoever could replace the cache's directory could choose the code every child runs: its parent must
-      // be master's own and writable by nobody else. The children's copies of an earlier run go.
-      const parent = lstatSync(dirname(this.root));
-      if (parent.uid !== uid || (parent.mode & 0o022) !== 0) throw new Error(`${dirname(this.root)} is not master's own, or others may write to it`);
+      // be master's own and writable by nobody else. The copies of an earlier run go.
+      const parent = statSync(dirname(this.root));
+      if (parent.uid !== this.uid || (parent.mode & 0o022) !== 0) throw new Error(`${dirname(this.root)} is not master's own, or others may write to it`);
       rmSync(this.root, { recursive: true, force: true });
-      // Only master's user may list the cache's root; each child's own directory is made below it.
-      mkdirSync(this.root, { mode: 0o711 });
-      mkdirSync(pristine, { mode: 0o700 });
+      // Others may pass through the root to their copy, not list it (explicit modes: the umask may differ).
+      makeDir(this.root, 0o711);
+      makeDir(pristine, 0o700);
     } catch (e) {
       this.log.warn({ event: 'compile-cache-off', err: (e as Error).message });
       return;
     }
-    const ok = await new Promise<boolean>((resolve) => {
+    const ok = await new Promise<boolean>((done) => {
       const child = fork(entry, ['child', 'prime'], {
         execPath: process.execPath,
         execArgv: childExecArgv({ read: [...code, pristine], write: [pristine] }),
@@ -58,52 +68,85 @@ export class CompileCache {
         serialization: 'json',
       });
       const timer = setTimeout(() => child.kill('SIGKILL'), PRIME_MS);
-      child.on('error', () => resolve(false));
-      child.on('exit', (code) => {
+      child.on('error', () => {
         clearTimeout(timer);
-        resolve(code === 0);
+        done(false);
+      });
+      child.on('exit', (status) => {
+        clearTimeout(timer);
+        done(status === 0);
       });
     });
-    const made = ok ? readdirSync(pristine).find((n) => n.endsWith(`-${uid}`)) : undefined;
+    const made = ok ? readdirSync(pristine).find((n) => n.endsWith(`-${this.uid}`)) : undefined;
     if (made === undefined) {
       this.log.warn({ event: 'compile-cache-off', err: 'the primer made no cache' });
       return;
     }
     this.primed = join(pristine, made);
+    try {
+      // Master's, 0755 and 0644: the children read them; Node's write-back at exit fails (EACCES) and is
+      // skipped, so nothing a child does reaches another process or its own next start.
+      const shared = join(this.root, 'shared');
+      makeDir(shared, 0o755);
+      for (const u of new Set(users)) {
+        if (u === this.uid) continue;
+        const copy = join(shared, copyName(made, u));
+        cpSync(this.primed, copy, { recursive: true });
+        readable(copy);
+        this.shared.add(u);
+      }
+    } catch (e) {
+      this.log.warn({ event: 'compile-cache-off', err: `shared copies: ${(e as Error).message}` });
+    }
   }
 
   /**
-   * A fresh copy of the pristine cache for one child process, owned by its user: its directory, or null (no
-   * cache). The copy is named for the child's uid, as Node looks for it.
+   * The cache for one child process of user `uid` (undefined = master's), or null (none). Another user's is
+   * the shared read-only copy; master's own user's is a fresh private copy.
    */
-  forChild(role: string, index: number, uid: number | undefined, gid: number | undefined): string | null {
+  forChild(role: string, index: number, uid: number | undefined): ChildCache | null {
     if (this.primed === null) return null;
+    if (uid !== undefined && uid !== this.uid) return this.shared.has(uid) ? { dir: join(this.root, 'shared'), own: false } : null;
     // A name of its own: a process a reload retired may still be writing to its copy.
     const dir = join(this.root, `${role}-${index}-${++this.made}`);
     try {
-      rmSync(dir, { recursive: true, force: true });
-      mkdirSync(dir, { mode: 0o700 });
-      const childUid = uid ?? process.getuid?.() ?? 0;
-      const sub = join(dir, this.primed.slice(this.primed.lastIndexOf('/') + 1).replace(/-\d+$/, `-${childUid}`));
-      cpSync(this.primed, sub, { recursive: true });
-      if (uid !== undefined) chownTree(dir, uid, gid ?? uid);
-      return dir;
+      makeDir(dir, 0o700);
+      cpSync(this.primed, join(dir, copyName(basename(this.primed), this.uid)), { recursive: true });
+      return { dir, own: true };
     } catch (e) {
       this.log.warn({ event: 'compile-cache-off', role, err: (e as Error).message });
-      rmSync(dir, { recursive: true, force: true });
+      this.release({ dir, own: true });
       return null;
     }
   }
 
-  /** Removes a child's copy once its process has exited. */
-  release(dir: string): void {
-    rmSync(dir, { recursive: true, force: true });
+  /** Removes a child's private copy once its process has exited. */
+  release(c: ChildCache): void {
+    if (!c.own) return;
+    try {
+      rmSync(c.dir, { recursive: true, force: true });
+    } catch (e) {
+      // What the child left there may not come out (it ran as master's user): the next start clears the root.
+      this.log.warn({ event: 'compile-cache-leftover', dir: c.dir, err: (e as Error).message });
+    }
   }
 }
 
-// chown -R, not following symbolic links (there are none in a cache Node made).
-function chownTree(path: string, uid: number, gid: number): void {
-  chownSync(path, uid, gid);
-  if (!lstatSync(path).isDirectory()) return;
-  for (const n of readdirSync(path)) chownTree(join(path, n), uid, gid);
+// Node names a cache's subdirectory after the user it serves.
+function copyName(made: string, uid: number): string {
+  return made.replace(/-\d+$/, `-${uid}`);
+}
+
+function makeDir(path: string, mode: number): void {
+  mkdirSync(path, { mode });
+  chmodSync(path, mode);
+}
+
+// Directories 0755, files 0644 (Node writes its cache files 0600).
+function readable(path: string): void {
+  const st = lstatSync(path);
+  if (st.isDirectory()) {
+    chmodSync(path, 0o755);
+    for (const n of readdirSync(path)) readable(join(path, n));
+  } else if (st.isFile()) chmodSync(path, 0o644);
 }
