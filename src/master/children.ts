@@ -61,7 +61,7 @@ export class Supervised {
     const cached: ChildCache | null = base === undefined || cache === undefined ? null : cache.forChild(this.spec.role, this.spec.index, this.spec.uid);
     // Node uses the cache under the permission model only with write access to it (the file modes still
     // decide whether a write can happen).
-    const grants = base !== undefined && cached !== null ? { ...base, read: [...base.read, cached.dir], write: [...base.write, cached.dir] } : base;
+    const grants = base !== undefined && cached !== null ? { ...base, read: [...base.read, cached.grant], write: [...base.write, cached.grant] } : base;
     const release = () => {
       if (cached !== null) cache?.release(cached);
     };

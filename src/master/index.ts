@@ -125,7 +125,7 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
 
   // The children's compile cache, filled before the first of them starts (src/master/compile-cache.ts).
   const cache = new CompileCache(join(cfg.server.data_dir, 'compile-cache'), log);
-  await cache.prime(deps.entry, code, ids ? [ids.user.uid, ids.smtpd.uid] : []);
+  await cache.prime(deps.entry, code, ids ? [ids.user.uid, ids.smtpd.uid] : [], [cfg.queue.dir, cfg.local.mailbox_dir]);
 
   const anvil = new Anvil(anvilLimits(cfg));
   // Shared state the smtpd workers need at every MAIL: stress mode and a spool short of space.

@@ -5,7 +5,8 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { childProcesses, startPalisade, waitFor, type Running } from '../support/palisade.ts';
 import { openSession, queueIdOf } from '../support/smtp-client.ts';
@@ -72,6 +73,34 @@ describe('compile cache, one user', () => {
       await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status === 'sent', 20_000);
     } finally {
       c.close();
+    }
+  });
+});
+
+describe('compile cache, an unsafe data directory', () => {
+  test('a data_dir others may replace gets no cache (logged), and mail flows all the same', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'palisade-cc-unsafe-'));
+    // Anyone may rename data_dir (var/) out of this directory and put their own in its place.
+    chmodSync(dir, 0o777);
+    let p: Running | undefined;
+    try {
+      p = await startPalisade({ dir, workers: 1 });
+      const off = await p.waitLog((l) => l.event === 'compile-cache-off');
+      assert.match(String(off.err), /others may write/);
+      for (const { pid, role } of children(p)) assert.equal(cacheOf(pid), undefined, `${role} has no cache`);
+      const c = await openSession(p.port);
+      try {
+        await c.ok('MAIL FROM:<a@example.com>');
+        await c.ok('RCPT TO:<postmaster@mx.test>');
+        await c.ok('DATA', 354);
+        c.write('Subject: no cache\r\n\r\nhello\r\n.\r\n');
+        queueIdOf(await c.expect(250));
+      } finally {
+        c.close();
+      }
+    } finally {
+      if (p) assert.equal(await p.stop(), 0);
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

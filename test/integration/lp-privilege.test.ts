@@ -77,7 +77,23 @@ for (const op of process.argv.slice(2)) {
 process.stdout.write(JSON.stringify(out));
 `;
 
+// Every file under `root` with its size, mode and modification time.
+function snapshot(root: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    for (const n of readdirSync(d).sort()) {
+      const path = join(d, n);
+      const st = statSync(path);
+      out.push(`${path} ${st.size} ${(st.mode & 0o7777).toString(8)} ${st.uid} ${st.mtimeMs}`);
+      if (st.isDirectory()) walk(path);
+    }
+  };
+  walk(root);
+  return out;
+}
+
 describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI runs as root)' }, () => {
+  let sharedBefore: string[] | null = null;
   let dir: string;
   let probeDir: string;
   let probe: string;
@@ -121,6 +137,8 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
   after(async () => {
     try {
       if (p !== undefined) assert.equal(await p.stop(), 0);
+      // The children have exited (Node writes its cache back then): the shared copies are as master made them.
+      if (sharedBefore !== null) assert.deepEqual(snapshot(join(dir, 'var/compile-cache/shared')), sharedBefore, 'no child changed a shared copy');
     } finally {
       rmSync(dir, { recursive: true, force: true });
       rmSync(probeDir, { recursive: true, force: true });
@@ -198,8 +216,9 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
           assert.equal(st.uid, 0, `${path} is master's`);
           assert.equal(st.mode & 0o022, 0, `${path} is writable by nobody else`);
         }
-        assert.deepEqual(g.read.sort(), [...want[role]!.read, cache].sort(), `${role} reads`);
-        assert.deepEqual(g.write.sort(), [...want[role]!.write, cache].sort(), `${role} writes`);
+        // Granted its user's copy only, not the others in shared/.
+        assert.deepEqual(g.read.sort(), [...want[role]!.read, join(cache, mine)].sort(), `${role} reads`);
+        assert.deepEqual(g.write.sort(), [...want[role]!.write, join(cache, mine)].sort(), `${role} writes`);
         for (const path of [...g.read, ...g.write]) assert.ok(!path.includes('*') && path.startsWith('/'), `${role}: exact path ${path}`);
       }
     }
@@ -217,6 +236,7 @@ describe('least privilege as root', { skip: IS_ROOT ? false : 'needs root (CI ru
     const users = [passwdIds('palisade').uid, passwdIds('palisade-smtpd').uid];
     const copies = readdirSync(join(root, 'shared')).map((n) => Number(/-(\d+)$/.exec(n)![1])).sort();
     assert.deepEqual(copies, [...users].sort(), 'one read-only copy per service user');
+    sharedBefore = snapshot(join(root, 'shared'));
   });
 
   test('children get an explicit minimal environment, nothing of the caller\'s', () => {
