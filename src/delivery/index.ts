@@ -109,12 +109,12 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
 
   // Before answering qmgr, the recipients delivered are marked in the queue file itself (as Postfix's delivery
   // agents do): a qmgr that dies before it has the answer is followed by one that finds them done, not by a
-  // second delivery. Only successes (a failure needs qmgr's classification and DSN); a recipient that asked for
-  // a success DSN is marked as owing it, so the next qmgr sends it. Best effort: qmgr records the same.
-  // `orphan`: the job's qmgr is gone and will never have the answer, so failures for good are marked too
-  // (classified by the reply overrides, as qmgr would), owing their failure DSN: a command that failed is not
-  // run again. A temporary failure is left for the next qmgr to try again.
-  function markDelivered(job: DeliveryJob, res: JobResult, orphan: boolean): readonly RecipientResult[] {
+  // second delivery. A recipient that asked for a success DSN is marked as owing it, so the next qmgr sends it.
+  // Failures are left to qmgr (its classification and DSN), unless the job is an `orphan`: its qmgr is gone
+  // and will never have the answer, so failures for good are marked too (classified by the reply overrides,
+  // as qmgr would), owing their failure DSN: a command that failed is not run again. A temporary failure is
+  // left for the next qmgr to try again. Best effort: qmgr records the same. Returns the results as marked.
+  function markFinal(job: DeliveryJob, res: JobResult, orphan: boolean): readonly RecipientResult[] {
     const at = new Date().toISOString();
     const results = orphan ? res.results.map((r) => classify(r, overrides)) : res.results;
     const recs = results.flatMap((r): StateRecord[] => {
@@ -173,7 +173,7 @@ export function createDelivery(deps: DeliveryDeps, cfg: Config): DeliveryWorker 
           }))
           .then((res) => {
             st.busy--;
-            const results = markDelivered(job, res, entry.orphan);
+            const results = markFinal(job, res, entry.orphan);
             jobs.delete(entry);
             if (entry.orphan) {
               logOrphanOutcome(job, results);

@@ -156,7 +156,8 @@ export class CompileCache {
     const dir = join(this.root, `${role}-${index}-${++this.made}`);
     try {
       makeDir(dir, 0o700);
-      cpSync(this.primed, join(dir, copyName(basename(this.primed), this.uid)), { recursive: true });
+      // Master's own user: the pristine subdirectory's own name.
+      cpSync(this.primed, join(dir, basename(this.primed)), { recursive: true });
       return { dir, grant: dir, own: true };
     } catch (e) {
       this.log.warn({ event: 'compile-cache-off', role, err: (e as Error).message });
