@@ -9,7 +9,7 @@ import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { childProcesses, startPalisade, waitFor, type Running } from '../support/palisade.ts';
-import { openSession, queueIdOf } from '../support/smtp-client.ts';
+import { queueIdOf, sendMessage } from '../support/smtp-client.ts';
 
 function cacheOf(pid: number): string | undefined {
   try {
@@ -63,17 +63,10 @@ describe('compile cache, one user', () => {
     const fresh = await waitFor('a new qmgr', () => children(p).find((c) => c.role === 'qmgr' && c.pid !== old.pid && cacheOf(c.pid) !== undefined), 20_000);
     assert.notEqual(cacheOf(fresh.pid), oldCache);
     await waitFor('the old copy removed', () => (existsSync(oldCache) ? undefined : true), 5000);
-    const c = await openSession(p.port);
-    try {
-      await c.ok('MAIL FROM:<a@example.com>');
-      await c.ok('RCPT TO:<postmaster@mx.test>');
-      await c.ok('DATA', 354);
-      c.write('Subject: after a restart\r\n\r\nhello\r\n.\r\n');
-      const qid = queueIdOf(await c.expect(250));
-      await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status === 'sent', 20_000);
-    } finally {
-      c.close();
-    }
+    const r = await sendMessage(p.port, 'a@example.com', ['postmaster@mx.test'], 'Subject: after a restart\n\nhello\n');
+    assert.equal(r.code, 250, r.lines.join(' | '));
+    const qid = queueIdOf(r);
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status === 'sent', 20_000);
   });
 });
 
@@ -88,16 +81,8 @@ describe('compile cache, an unsafe data directory', () => {
       const off = await p.waitLog((l) => l.event === 'compile-cache-off');
       assert.match(String(off.err), /others may write/);
       for (const { pid, role } of children(p)) assert.equal(cacheOf(pid), undefined, `${role} has no cache`);
-      const c = await openSession(p.port);
-      try {
-        await c.ok('MAIL FROM:<a@example.com>');
-        await c.ok('RCPT TO:<postmaster@mx.test>');
-        await c.ok('DATA', 354);
-        c.write('Subject: no cache\r\n\r\nhello\r\n.\r\n');
-        queueIdOf(await c.expect(250));
-      } finally {
-        c.close();
-      }
+      const r = await sendMessage(p.port, 'a@example.com', ['postmaster@mx.test'], 'Subject: no cache\n\nhello\n');
+      assert.equal(r.code, 250, r.lines.join(' | '));
     } finally {
       if (p) assert.equal(await p.stop(), 0);
       rmSync(dir, { recursive: true, force: true });

@@ -10,7 +10,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { configText, runStart, startPalisade, type Running } from '../support/palisade.ts';
-import { openSession, queueIdOf } from '../support/smtp-client.ts';
+import { queueIdOf, sendMessage } from '../support/smtp-client.ts';
 import { parseDsn, waitMaildir } from '../support/mailbox.ts';
 
 /** A Palisade with the privilege drop and commands on; `out` is a directory every command may write to. */
@@ -54,18 +54,11 @@ async function startWithCommands(name: string, aliases: (dir: string, out: strin
   return { p, dir, out, close };
 }
 
-/** Sends `body` (LF line ends) from alice@mx.test to `rcpt`; returns the queue ID. */
+/** Sends `body` (LF line ends, dot-stuffed on the way) from alice@mx.test to `rcpt`; returns the queue ID. */
 async function sendTo(p: Running, rcpt: string, body: string): Promise<string> {
-  const c = await openSession(p.port);
-  try {
-    await c.ok('MAIL FROM:<alice@mx.test>');
-    await c.ok(`RCPT TO:<${rcpt}>`);
-    await c.ok('DATA', 354);
-    c.write(body.replace(/\n/g, '\r\n') + '.\r\n');
-    return queueIdOf(await c.expect(250));
-  } finally {
-    c.close();
-  }
+  const r = await sendMessage(p.port, 'alice@mx.test', [rcpt], body);
+  assert.equal(r.code, 250, r.lines.join(' | '));
+  return queueIdOf(r);
 }
 
 describe('delivery to commands', () => {
@@ -89,7 +82,7 @@ describe('delivery to commands', () => {
   });
   after(() => pc?.close());
 
-  const send = (rcpt: string, body = 'Subject: to a command\nMessage-ID: <cmd@client.test>\n\nline one\n..dotted\n') => sendTo(p, rcpt, body);
+  const send = (rcpt: string, body = 'Subject: to a command\nMessage-ID: <cmd@client.test>\n\nline one\n.dotted\n') => sendTo(p, rcpt, body);
   const outcome = (qid: string) => p.waitLog((l) => l.event === 'delivery' && l.qid === qid);
 
   test('the command reads the message with a From_ line and the delivery headers, as command_user, walled off from the queue', async () => {
