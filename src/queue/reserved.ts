@@ -5,20 +5,13 @@
 // committed. No file is created, renamed or directory-fsynced between the end of DATA and the 250, and no
 // thread-pool hand-off is needed when cleanup is otherwise idle (WritePacer). The writer is in writer.ts.
 //
-// The name needs no directory fsync of its own: the first synchronized write to a newly created file makes its
-// directory entry durable with it on Linux's journaling file systems (ext4 commits the transaction that
+// The name needs no directory fsync of its own: the first synchronized write to a newly created file makes
+// its directory entry durable with it on Linux's journaling file systems (ext4 commits the transaction that
 // created it, and without a journal syncs the parent of a new entry; XFS and btrfs log the entry with the
 // inode), as Postfix relies on too. A reserved file the machine lost before its message came held nothing.
-//
-// When cleanup is idle (one session) that first synchronized write is made ahead, off the path to any 250:
-// the file's first line (the queue format's magic) is written when the file is made. The message's write at
-// commit then finds the name durable and its first block allocated: 70–120 µs less to the 250 on this disk
-// (bench/RESULTS.md). It costs a second disk flush per message, so under load, when CPU per message counts
-// more than one message's latency, reserved files are made empty as before.
 
-import { closeSync, constants, open as openCb, rmSync, write as writeCb } from 'node:fs';
+import { closeSync, constants, open as openCb, rmSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { MAGIC } from './format.ts';
 
 // This many kept ready while mail flows.
 export const RESERVED = 8;
@@ -77,7 +70,7 @@ export class ReservedFiles {
   /** Turns reserved files on and makes the first ones. */
   use(): void {
     this.on = true;
-    this.refill(true);
+    this.refill();
   }
 
   /**
@@ -104,18 +97,17 @@ export class ReservedFiles {
   /**
    * Makes reserved files in the background up to the target. One at a time as they are used: making them in
    * batches was slower at one session, the burst of creations competing with the next message for the CPU.
-   * `ahead`: cleanup is idle, make them with their first line durable (see the top of this file).
    */
-  refill(ahead = false): void {
+  refill(): void {
     if (!this.on) return;
     while (this.ready.length + this.making.size < this.target) {
       const id = this.deps.nextId();
-      const made = this.make(id, this.deps.path(id), ahead).finally(() => this.making.delete(made));
+      const made = this.make(id, this.deps.path(id)).finally(() => this.making.delete(made));
       this.making.add(made);
     }
   }
 
-  private async make(id: string, path: string, ahead: boolean): Promise<void> {
+  private async make(id: string, path: string): Promise<void> {
     let fd: number;
     try {
       // O_EXCL: an ID is never reused, even across writer processes. Created on the thread pool (an inode
@@ -124,14 +116,6 @@ export class ReservedFiles {
       fd = await openFd(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DSYNC, RESERVED_MODE);
     } catch {
       // None made (full disk, no descriptors): commits create their files themselves meanwhile.
-      return;
-    }
-    try {
-      // The first line, durable when this returns, and with it the file's name (see the top of this file).
-      if (ahead && (await writeFd(fd, MAGIC_BYTES)).bytesWritten !== MAGIC_BYTES.length) throw new Error('short write');
-    } catch {
-      closeQuietly(fd);
-      rmSync(path, { force: true });
       return;
     }
     if (!this.on) {
@@ -170,16 +154,6 @@ export class ReservedFiles {
 }
 
 const openFd = promisify(openCb) as (path: string, flags: number, mode: number) => Promise<number>;
-const writeFd = promisify(writeCb) as unknown as (fd: number, buf: Buffer) => Promise<{ bytesWritten: number }>;
-const MAGIC_BYTES = Buffer.from(MAGIC, 'latin1');
-
-/**
- * Whether a file in incoming/ that is not a message holds nothing a client was ever told was queued: an unused
- * reserved file (empty, or its first line only). A message's write is always longer: header and envelope.
- */
-export function isUnusedReserved(size: number): boolean {
-  return size <= MAGIC_BYTES.length;
-}
 
 /** Closes a bare descriptor; one already closed is fine. */
 export function closeQuietly(fd: number): void {

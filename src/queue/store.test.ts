@@ -71,12 +71,11 @@ describe('QueueStore', () => {
     };
     afterEach(() => store.reserved.stop());
 
-    test('are made write-only in incoming/, hold the first line only, and are invisible to list, locate, show and committed', async () => {
+    test('are made write-only in incoming/ and are invisible to list, locate, show and committed', async () => {
       await ready();
       const reserved = await names('incoming');
       for (const id of reserved) {
         assert.equal(await modeOf(id), RESERVED_MODE);
-        assert.equal((await readFile(store.path('incoming', id))).toString('latin1'), MAGIC);
         assert.equal(store.committed('incoming', id), false);
         assert.equal(await store.locate(id), null);
         assert.equal(await store.show(id), null);
@@ -98,37 +97,6 @@ describe('QueueStore', () => {
       assert.equal((await names('incoming')).length, RESERVED + 1);
       const second = await enqueue();
       assert.equal(second, before[1], 'oldest first');
-    });
-
-    test('a replacement is made with its first line durable when cleanup was idle, empty while other messages were being written', async () => {
-      await ready();
-      // Sizes of the ready reserved files, oldest first.
-      let taken = '';
-      const sizes = async () => {
-        const out: number[] = [];
-        for (const id of (await names('incoming')).sort()) if (id !== taken && !store.committed('incoming', id)) out.push((await stat(store.path('incoming', id))).size);
-        return out;
-      };
-      assert.deepEqual(await sizes(), Array(RESERVED).fill(MAGIC.length));
-      // One message alone (after a pause, so the commit is the synchronous, idle kind): made ahead.
-      await new Promise((r) => setTimeout(r, 20));
-      await enqueue();
-      await until('replaced', async () => store.reserved.readyCount === RESERVED);
-      assert.deepEqual(await sizes(), Array(RESERVED).fill(MAGIC.length));
-      // One committed while another is being written: cleanup is busy, the replacements (of both files
-      // taken) are made empty.
-      const other = store.create(envelope);
-      taken = other.id;
-      await new Promise((r) => setTimeout(r, 20));
-      await enqueue();
-      await until('replaced', async () => store.reserved.readyCount === RESERVED);
-      assert.deepEqual(await sizes(), [...Array(RESERVED - 2).fill(MAGIC.length), 0, 0]);
-      await other.write(message);
-      await other.commit();
-      // Both kinds take a message whole.
-      const ids = [];
-      for (let i = 0; i < RESERVED; i++) ids.push(await enqueue());
-      for (const id of ids) assert.ok((await store.readMessage('incoming', id)).equals(message));
     });
 
     test('many messages at once (writes overlap on the thread pool) and one after the other all arrive whole', async () => {
@@ -198,13 +166,6 @@ describe('QueueStore', () => {
       assert.deepEqual(await names('incoming'), []);
     });
 
-    test('reserved files a crash left unused are removed at recovery and not reported', async () => {
-      await ready();
-      const res = await new QueueStore(join(dir, 'spool')).recover();
-      assert.deepEqual(res, { removed: [], restored: [], unreadable: [] });
-      assert.deepEqual(await names('incoming'), []);
-    });
-
     test('recover keeps a reserved file that holds a whole message, and removes empty and torn ones', async () => {
       const whole = await enqueue();
       const torn = await enqueue();
@@ -218,13 +179,10 @@ describe('QueueStore', () => {
       badRaw[at] = 0x7a;
       await writeFile(store.path('incoming', bad), badRaw);
       await writeFile(store.path('incoming', '0000000000000001'), '');
-      // Unused reserved files, as a crash leaves them: empty (not made whole) or the first line only.
-      await writeFile(store.path('incoming', '0000000000000002'), MAGIC);
-      for (const id of [whole, torn, bad, '0000000000000001', '0000000000000002']) await chmod(store.path('incoming', id), RESERVED_MODE);
+      for (const id of [whole, torn, bad, '0000000000000001']) await chmod(store.path('incoming', id), RESERVED_MODE);
       const committedOne = await enqueue();
       const res = await new QueueStore(join(dir, 'spool')).recover();
       assert.deepEqual(res.restored, [whole]);
-      // Torn messages are reported; unused reserved files held nothing and go silently.
       assert.deepEqual(res.removed.sort(), [torn, bad].sort());
       assert.deepEqual((await names('incoming')).sort(), [whole, committedOne].sort());
       assert.equal(await modeOf(whole), COMMITTED_MODE);

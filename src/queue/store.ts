@@ -7,7 +7,7 @@ import { chmodSync, constants, promises as fsp, openSync, fsyncSync, fstatSync, 
 import { join } from 'node:path';
 import { DirSync } from './dirsync.ts';
 import { WritePacer } from './pacer.ts';
-import { COMMITTED_MODE, isCommittedMode, isUnusedReserved, ReservedFiles } from './reserved.ts';
+import { COMMITTED_MODE, isCommittedMode, ReservedFiles } from './reserved.ts';
 import { FileWriter, type QueueWriter } from './writer.ts';
 import { createIdGenerator, QUEUE_ID } from './id.ts';
 import {
@@ -41,8 +41,6 @@ export class QueueStore {
   readonly pacer = new WritePacer();
   /** Queue files made ahead of need in incoming/ (off until cleanup, the one writer, turns them on). */
   readonly reserved: ReservedFiles;
-  /** Messages being written now (created, neither committed nor aborted yet). */
-  writing = 0;
 
   constructor(dir: string, opts: { reservedMaxAgeMs?: number } = {}) {
     this.dir = dir;
@@ -93,8 +91,7 @@ export class QueueStore {
       }
       if (!st.isFile() || isCommittedMode(st.mode)) continue;
       let complete = false;
-      const unused = isUnusedReserved(st.size);
-      if (!unused) {
+      if (st.size > 0) {
         try {
           // Readable by its owner (cleanup's user) so it can be checked, still not a message: a crash now
           // leaves it for the next start.
@@ -113,7 +110,7 @@ export class QueueStore {
         restored.push(name);
       } else {
         rmSync(path, { force: true });
-        if (!unused) removed.push(name);
+        if (st.size > 0) removed.push(name);
       }
     }
     return { removed, restored, unreadable };
@@ -137,9 +134,7 @@ export class QueueStore {
     const reserved = this.reserved.take();
     const id = reserved?.id ?? this.nextId();
     const full: QueueEnvelope = { id, arrival: arrival.toISOString(), ...envelope };
-    const w = new FileWriter(this, id, full, reserved);
-    this.writing++;
-    return w;
+    return new FileWriter(this, id, full, reserved);
   }
 
   /** Fsyncs a state directory, sharing one fsync among concurrent callers (group commit). */

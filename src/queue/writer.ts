@@ -104,7 +104,6 @@ export class FileWriter implements QueueWriter {
   commit(): Promise<void> | void {
     invariant(!this.done, 'commit twice');
     this.done = true;
-    this.store.writing--;
     const end = Buffer.from(endRecord(this.hash.digest('hex'), this.eightBit), 'latin1');
     this.pending.push(end);
     this.pendingBytes += end.length;
@@ -119,7 +118,7 @@ export class FileWriter implements QueueWriter {
       // O_DSYNC), then the mark that makes it a message. No await on the way, so the caller answers in this
       // same turn of the event loop.
       try {
-        writeAllSync(r.fd, this.takePending(), 0);
+        writeAllSync(r.fd, this.takePending());
         pacer.syncDone(start, performance.now());
         chmodSync(r.path, COMMITTED_MODE);
       } catch (e) {
@@ -129,8 +128,7 @@ export class FileWriter implements QueueWriter {
         throw e;
       }
       this.committed = true;
-      // Idle: a synchronous commit with no other message being written (one session).
-      this.afterCommit(this.store.writing === 0);
+      this.afterCommit();
       return;
     }
     return this.commitAsync(lengths);
@@ -144,7 +142,7 @@ export class FileWriter implements QueueWriter {
         const r = this.reserved;
         if (r !== null) {
           const bufs = this.takePending();
-          await this.store.pacer.pooled(() => writeAll(r.fd, bufs, 0), true);
+          await this.store.pacer.pooled(() => writeAll(r.fd, bufs), true);
         } else await this.flush();
       } else {
         await this.flush();
@@ -169,7 +167,7 @@ export class FileWriter implements QueueWriter {
         await this.store.pacer.pooled(() => Promise.all([fh.sync(), this.store.syncDir('incoming')]));
         this.committed = true;
       }
-      this.afterCommit(false);
+      this.afterCommit();
     } catch (e) {
       await this.cleanupAfterFailure();
       throw e;
@@ -177,14 +175,13 @@ export class FileWriter implements QueueWriter {
   }
 
   // Closing after a durable commit cannot lose anything, and the next reserved files are not needed before the
-  // next message: both wait until the caller has sent its answer. `idle`: cleanup had nothing else to do
-  // (reserved.ts then makes the next file's first line durable ahead).
-  private afterCommit(idle: boolean): void {
+  // next message: both wait until the caller has sent its answer.
+  private afterCommit(): void {
     const fh = this.fh;
     this.fh = null;
     setImmediate(() => {
       this.closeReserved();
-      this.store.reserved.refill(idle);
+      this.store.reserved.refill();
       fh?.close().catch(() => {});
     });
   }
@@ -202,7 +199,6 @@ export class FileWriter implements QueueWriter {
   async abort(): Promise<void> {
     if (this.done) return;
     this.done = true;
-    this.store.writing--;
     this.aborted = true;
     await this.cleanupAfterFailure();
   }
@@ -224,19 +220,16 @@ export class FileWriter implements QueueWriter {
   }
 }
 
-// Writes all of `bufs` at the descriptor's position, or from `position` on (a reserved file's descriptor stands
-// after the first line it was made with, which the message's write repeats). A short write is not a bug: a
-// filling disk writes what fits, and writing the rest then fails with the real error (ENOSPC), which the caller
-// turns into 451 4.3.0.
-function writeAllSync(fd: number, bufs: readonly Buffer[], position?: number): void {
+// Writes all of `bufs` at the descriptor's position. A short write is not a bug: a filling disk writes what
+// fits, and writing the rest then fails with the real error (ENOSPC), which the caller turns into 451 4.3.0.
+function writeAllSync(fd: number, bufs: readonly Buffer[]): void {
   for (let off = 0; off < bufs.length; ) {
     // writev takes at most IOV_MAX (1024) buffers per call.
     let slice = bufs.slice(off, off + 1000);
     off += slice.length;
     let left = slice.reduce((n, b) => n + b.length, 0);
     for (;;) {
-      const bytesWritten = writevSync(fd, slice, position);
-      if (position !== undefined) position += bytesWritten;
+      const bytesWritten = writevSync(fd, slice);
       left -= bytesWritten;
       if (left === 0) break;
       invariant(bytesWritten > 0, 'writev made no progress');
@@ -246,14 +239,13 @@ function writeAllSync(fd: number, bufs: readonly Buffer[], position?: number): v
 }
 
 // The same on the thread pool.
-async function writeAll(fd: number, bufs: readonly Buffer[], position: number): Promise<void> {
+async function writeAll(fd: number, bufs: readonly Buffer[]): Promise<void> {
   for (let off = 0; off < bufs.length; ) {
     let slice = bufs.slice(off, off + 1000);
     off += slice.length;
     let left = slice.reduce((n, b) => n + b.length, 0);
     for (;;) {
-      const { bytesWritten } = await writevFd(fd, slice, position);
-      position += bytesWritten;
+      const { bytesWritten } = await writevFd(fd, slice);
       left -= bytesWritten;
       if (left === 0) break;
       invariant(bytesWritten > 0, 'writev made no progress');
@@ -262,7 +254,7 @@ async function writeAll(fd: number, bufs: readonly Buffer[], position: number): 
   }
 }
 
-const writevFd = promisify(writevCb) as unknown as (fd: number, bufs: readonly Buffer[], position: number) => Promise<{ bytesWritten: number }>;
+const writevFd = promisify(writevCb) as unknown as (fd: number, bufs: readonly Buffer[]) => Promise<{ bytesWritten: number }>;
 
 const LENGTHS_SIZE_BYTES = HEADER_SIZE - MAGIC.length;
 

@@ -3,7 +3,7 @@
 
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { isUnusedReserved, QueueStore, type MessageState, type ParsedQueueFile } from '../../src/queue/index.ts';
+import { QueueStore, type MessageState, type ParsedQueueFile } from '../../src/queue/index.ts';
 
 /**
  * Config that keeps accepted mail in the queue so tests can read it: every domain (local ones included) routes
@@ -46,7 +46,7 @@ function isCommitted(path: string): boolean {
 
 /**
  * Files holding part of a message that was never committed: anything in tmp/, and reserved files in incoming/
- * that a message has begun to stream into (not readable yet, more than an unused reserved file holds).
+ * that a message has begun to stream into (not readable yet, not empty).
  */
 export function partialFiles(spool: string): string[] {
   const reserved = (() => {
@@ -54,7 +54,7 @@ export function partialFiles(spool: string): string[] {
       return readdirSync(join(spool, 'incoming')).filter((n) => {
         try {
           const st = statSync(join(spool, 'incoming', n));
-          return (st.mode & 0o600) !== 0o600 && !isUnusedReserved(st.size);
+          return (st.mode & 0o600) !== 0o600 && st.size > 0;
         } catch {
           return false;
         }
