@@ -11,6 +11,7 @@ import { createLogger } from './log/index.ts';
 import type { SessionGate } from './smtpd/index.ts';
 import type { Admission } from './policy/index.ts';
 import type { QmgrCommand } from './qmgr/index.ts';
+import { LOAD_REPORT_MS } from './master/acceptors.ts';
 
 // Components are imported when a process needs them: a child loads only its own role's code (not the CLI,
 // the config schema and its validator, master or the other roles), which keeps each process smaller and
@@ -283,7 +284,31 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     },
   };
   const smtpd = createSmtpd({ log, gate, cleanupPath: init.cleanupPath! }, cfg);
-  onMasterMessage((m: { type: string; id?: number; verdict?: Admission; display?: string; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean; n?: number; chunk?: number }, handle?: unknown) => {
+  // Master tells each worker whether to accept new connections (src/master/acceptors.ts): every worker gets
+  // the listening handles at start, those told to accept listen on them, the others close their copy and get
+  // the handles again when they are to start accepting. An accepting worker reports how busy its event loop is.
+  const acceptingOn = new Set<string>();
+  let stopping = false;
+  let elu = performance.eventLoopUtilization();
+  setInterval(() => {
+    const now = performance.eventLoopUtilization();
+    const load = performance.eventLoopUtilization(now, elu).utilization;
+    elu = now;
+    if (acceptingOn.size > 0 && !stopping && process.connected) process.send!({ type: 'load', load: Math.round(load * 1000) / 1000 });
+  }, LOAD_REPORT_MS).unref();
+  const accept = (handle: unknown, display: string, first: boolean) => {
+    if (stopping || acceptingOn.has(display)) return closeHandle(handle);
+    acceptingOn.add(display);
+    const server: Server = createServer({ pauseOnConnect: false, allowHalfOpen: true });
+    server.on('error', (e: NodeJS.ErrnoException) => process.send!({ type: 'listen-error', display, code: e.code ?? e.message }));
+    server.listen(handle as object, () => {
+      smtpd.attach(server);
+      elu = performance.eventLoopUtilization();
+      schedule(true); // asks master for session slots
+      if (first) process.send!({ type: 'listening', display });
+    });
+  };
+  onMasterMessage((m: { type: string; id?: number; verdict?: Admission; display?: string; accept?: boolean; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean; n?: number; chunk?: number }, handle?: unknown) => {
     switch (m.type) {
       case 'message': {
         const w = msgWaiting.get(m.id!);
@@ -315,24 +340,34 @@ async function runSmtpd(init: InitMessage): Promise<void> {
         w?.(m.verdict!);
         return;
       }
-      case 'listen': {
-        const server: Server = createServer({ pauseOnConnect: false, allowHalfOpen: true });
-        server.on('error', (e: NodeJS.ErrnoException) => process.send!({ type: 'listen-error', display: m.display, code: e.code ?? e.message }));
-        server.listen(handle as object, () => {
-          smtpd.attach(server);
-          schedule(true); // asks master for session slots
-          process.send!({ type: 'listening', display: m.display });
-        });
+      case 'listen':
+        // At start: the handle, and whether to accept on it now.
+        if (m.accept !== false) return accept(handle, m.display!, true);
+        closeHandle(handle);
+        process.send!({ type: 'listening', display: m.display });
         return;
-      }
+      case 'accept':
+        accept(handle, m.display!, false);
+        return;
+      case 'pause':
+        acceptingOn.clear();
+        smtpd.pause();
+        return;
       case 'drain':
+        stopping = true;
         void smtpd.drain(m.deadlineMs ?? 0).then(() => process.exit(0));
         return;
       case 'retire':
+        stopping = true;
         void smtpd.retire(m.deadlineMs ?? 0, m.drainMs ?? 0).then(() => process.exit(0));
         return;
     }
   });
+}
+
+// Closes a listening handle master sent that this process will not listen on.
+function closeHandle(handle: unknown): void {
+  (handle as { close?: () => void } | undefined)?.close?.();
 }
 
 async function runQmgr(init: InitMessage): Promise<void> {

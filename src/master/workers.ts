@@ -2,13 +2,15 @@
 // SmtpdWorkers: master's side of the smtpd worker processes. Starts them with the listening handles, keeps
 // the anvil's count of their sessions (those master admitted, and those a worker admitted on session slots
 // leased to it), hands out and calls back leases, replaces a generation on reload while the old one finishes
-// its sessions, and gives a dead worker's sessions and slots back.
+// its sessions, gives a dead worker's sessions and slots back, and chooses which workers accept new
+// connections (acceptors.ts).
 
 import type { ChildProcess } from 'node:child_process';
 import type { Server } from 'node:net';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { Anvil } from '../policy/index.ts';
+import { nextAcceptChange } from './acceptors.ts';
 import { Supervised, type Grants } from './children.ts';
 import type { CompileCache } from './compile-cache.ts';
 import type { ListenHandle } from './startup.ts';
@@ -46,6 +48,10 @@ interface Worker {
   wants: boolean;
   /** A revoke was sent and its answer has not come back. */
   revoking: boolean;
+  /** It accepts new connections (told so at its start, or since an 'accept'). */
+  accepting: boolean;
+  /** Its event loop's utilization in its last report since the last change of who accepts, or null. */
+  load: number | null;
 }
 
 type WorkerMessage =
@@ -53,6 +59,7 @@ type WorkerMessage =
   | { type: 'sessions'; open: string[]; release: string[]; kept?: string[]; returned: number; revoked: boolean; want: boolean }
   | { type: 'message'; id: number; ip: string; exempt: boolean; kind?: 'message' | 'recipient' }
   | { type: 'listening'; display: string }
+  | { type: 'load'; load: number }
   | { type: 'listen-error'; display: string; code: string };
 
 /** The smtpd worker processes: the current generation, and the ones a reload retired. */
@@ -77,6 +84,7 @@ export class SmtpdWorkers {
   /** Starts the first generation; resolves once every worker listens on every handle. */
   async start(config: Config): Promise<void> {
     await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => this.generation.push(this.spawn(i, config, r)))));
+    this.rebalance();
   }
 
   /**
@@ -93,6 +101,7 @@ export class SmtpdWorkers {
       return;
     }
     this.generation = fresh;
+    this.rebalance();
     for (const w of old) {
       this.retiring.add(w);
       void w.sup.stop({ type: 'retire', deadlineMs: retireMs, drainMs }, retireMs + drainMs + 5000).then(() => this.retiring.delete(w));
@@ -124,7 +133,9 @@ export class SmtpdWorkers {
   // Starts worker `index` with `config`; `onReady` once it listens on every handle.
   private spawn(index: number, config: Config, onReady: () => void): Worker {
     const { anvil, ids } = this.deps;
-    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false };
+    // The first worker of a generation accepts from its start; the others start accepting when the load asks
+    // for them (rebalance).
+    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false, accepting: index === 0, load: null };
     w.sup = new Supervised({
       role: 'smtpd',
       grants: this.deps.grants,
@@ -134,9 +145,12 @@ export class SmtpdWorkers {
       ...(ids ? { uid: ids.uid, gid: ids.gid } : {}),
       onSpawn: (child) => {
         w.listening = 0;
+        w.load = null;
+        // A restart (of a worker of the current generation) accepts only if no other worker does.
+        if (this.generation.includes(w)) w.accepting = !this.generation.some((o) => o !== w && o.accepting);
         child.send({ type: 'init', role: 'smtpd', config, cleanupPath: this.deps.cleanupPath });
         child.send({ type: 'flags', ...this.deps.flags });
-        for (const h of this.deps.handles) child.send({ type: 'listen', name: h.name, display: h.display }, h.handle as Server);
+        for (const h of this.deps.handles) child.send({ type: 'listen', name: h.name, display: h.display, accept: w.accepting }, h.handle as Server);
         // Only the worker's current process speaks for it: a message of one already replaced is dropped.
         child.on('message', (m: WorkerMessage) => {
           if (w.sup.child === child) this.onMessage(w, child, m);
@@ -149,6 +163,10 @@ export class SmtpdWorkers {
         w.lease = 0;
         w.wants = false;
         w.revoking = false;
+        // Another worker takes over accepting at once (this one restarts as an idle one).
+        const accepted = w.accepting;
+        w.accepting = false;
+        if (accepted) this.rebalance();
       },
     }, this.deps.log);
     w.sup.start();
@@ -170,19 +188,45 @@ export class SmtpdWorkers {
     return true;
   }
 
+  /**
+   * Starts or stops one worker accepting new connections when the load asks for it (acceptors.ts); with none
+   * accepting (the one that did died), the first live one starts at once.
+   */
+  private rebalance(): void {
+    if (this.stopped || this.deps.stopping()) return;
+    const live = this.generation.filter((w) => w.sup.child?.connected === true && w.listening === this.deps.handles.length);
+    const change = nextAcceptChange(live.map((w) => ({ accepting: w.accepting, load: w.load })));
+    if (change === null) return;
+    // Every accepting worker's next report tells the load after this change.
+    for (const w of live) w.load = null;
+    if ('start' in change) {
+      const w = live[change.start]!;
+      w.accepting = true;
+      for (const h of this.deps.handles) w.sup.child!.send({ type: 'accept', name: h.name, display: h.display }, h.handle as Server);
+    } else {
+      const w = live[change.stop]!;
+      w.accepting = false;
+      w.sup.child!.send({ type: 'pause' });
+      this.revoke(w);
+    }
+    this.deps.log.info({ event: 'acceptors', accepting: this.generation.filter((w) => w.accepting).length, workers: this.generation.length });
+  }
+
+  // Calls a worker's unused session slots back (it answers with a 'sessions' batch that returns them).
+  private revoke(w: Worker): void {
+    if (w.lease > 0 && !w.revoking && w.sup.child?.connected) {
+      w.revoking = true;
+      w.sup.child.send({ type: 'revoke' });
+    }
+  }
+
   // Leases: hands session slots to workers that asked while there is room, and calls them back near the limit.
   private balanceLeases(): void {
     const anvil = this.deps.anvil;
-    const revoke = (w: Worker) => {
-      if (w.lease > 0 && !w.revoking && w.sup.child?.connected) {
-        w.revoking = true;
-        w.sup.child.send({ type: 'revoke' });
-      }
-    };
     // A retiring worker (reload) takes no new connections: its slots go back at once.
-    for (const w of this.retiring) revoke(w);
+    for (const w of this.retiring) this.revoke(w);
     if (anvil.overLeased) {
-      for (const w of this.generation) revoke(w);
+      for (const w of this.generation) this.revoke(w);
       return;
     }
     if (this.deps.stopping()) return;
@@ -219,6 +263,11 @@ export class SmtpdWorkers {
       case 'listening':
         w.listening++;
         if (w.listening === this.deps.handles.length) w.ready();
+        return;
+      case 'load':
+        if (!w.accepting) return;
+        w.load = m.load;
+        this.rebalance();
         return;
       case 'listen-error':
         this.deps.listenFailed(m.display, m.code);

@@ -39,6 +39,8 @@ export interface SmtpdDeps {
 /** A running smtpd: attach listening servers, drain on shutdown. */
 export interface Smtpd {
   attach(server: Server): void;
+  /** Stops taking new connections (closes the listening servers) until attach() again; sessions go on. */
+  pause(): void;
   /** Stops taking connections; ends idle sessions now and the rest by `deadlineMs`. Resolves when all are gone. */
   drain(deadlineMs: number): Promise<void>;
   /**
@@ -147,6 +149,9 @@ export function createSmtpd(deps: SmtpdDeps, cfg: Config): Smtpd {
     attach(server: Server): void {
       servers.push(server);
       server.on('connection', onConnection);
+    },
+    pause(): void {
+      for (const s of servers.splice(0)) s.close();
     },
     drain,
     retire(deadlineMs: number, drainMs: number): Promise<void> {
