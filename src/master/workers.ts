@@ -10,7 +10,7 @@ import type { Server } from 'node:net';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { Anvil } from '../policy/index.ts';
-import { nextAcceptChange } from './acceptors.ts';
+import { LOAD_REPORT_MS, nextAcceptChange } from './acceptors.ts';
 import { Supervised, type Grants } from './children.ts';
 import type { CompileCache } from './compile-cache.ts';
 import type { ListenHandle } from './startup.ts';
@@ -52,7 +52,13 @@ interface Worker {
   accepting: boolean;
   /** Its event loop's utilization in its last report since the last change of who accepts, or null. */
   load: number | null;
+  /** When it last reported its load, or began to accept (ms, Date.now()). */
+  reportedAt: number;
 }
+
+// An accepting worker silent this long counts as fully busy: an event loop too busy (or stuck) to report
+// is one that accepts nobody either, so another worker starts accepting.
+const SILENT_MS = 4 * LOAD_REPORT_MS;
 
 type WorkerMessage =
   | { type: 'admit'; id: number; ip: string; exempt: boolean }
@@ -70,6 +76,7 @@ export class SmtpdWorkers {
   // Workers of earlier generations (reload) finishing their sessions.
   private readonly retiring = new Set<Worker>();
   private stopped = false;
+  private silenceCheck: NodeJS.Timeout | null = null;
 
   constructor(deps: SmtpdWorkersDeps, count: number) {
     this.deps = deps;
@@ -85,6 +92,7 @@ export class SmtpdWorkers {
   async start(config: Config): Promise<void> {
     await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => this.generation.push(this.spawn(i, config, r)))));
     this.rebalance();
+    this.silenceCheck = setInterval(() => this.checkSilent(), LOAD_REPORT_MS).unref();
   }
 
   /**
@@ -117,6 +125,7 @@ export class SmtpdWorkers {
   /** Drains every worker's sessions (at most `drainMs`), then stops them. */
   async stop(drainMs: number): Promise<void> {
     this.stopped = true;
+    if (this.silenceCheck !== null) clearInterval(this.silenceCheck);
     await Promise.all(this.all().map((w) => w.sup.stop({ type: 'drain', deadlineMs: drainMs }, drainMs + 5000)));
   }
 
@@ -135,7 +144,7 @@ export class SmtpdWorkers {
     const { anvil, ids } = this.deps;
     // The first worker of a generation accepts from its start; the others start accepting when the load asks
     // for them (rebalance).
-    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false, accepting: index === 0, load: null };
+    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false, accepting: index === 0, load: null, reportedAt: Date.now() };
     w.sup = new Supervised({
       role: 'smtpd',
       grants: this.deps.grants,
@@ -146,6 +155,7 @@ export class SmtpdWorkers {
       onSpawn: (child) => {
         w.listening = 0;
         w.load = null;
+        w.reportedAt = Date.now();
         // A restart (of a worker of the current generation) accepts only if no other worker does.
         if (this.generation.includes(w)) w.accepting = !this.generation.some((o) => o !== w && o.accepting);
         child.send({ type: 'init', role: 'smtpd', config, cleanupPath: this.deps.cleanupPath });
@@ -202,6 +212,7 @@ export class SmtpdWorkers {
     if ('start' in change) {
       const w = live[change.start]!;
       w.accepting = true;
+      w.reportedAt = Date.now();
       for (const h of this.deps.handles) w.sup.child!.send({ type: 'accept', name: h.name, display: h.display }, h.handle as Server);
     } else {
       const w = live[change.stop]!;
@@ -210,6 +221,19 @@ export class SmtpdWorkers {
       this.revoke(w);
     }
     this.deps.log.info({ event: 'acceptors', accepting: this.generation.filter((w) => w.accepting).length, workers: this.generation.length });
+  }
+
+  // Accepting workers that stopped reporting count as fully busy.
+  private checkSilent(): void {
+    const now = Date.now();
+    let silent = false;
+    for (const w of this.generation) {
+      if (w.accepting && w.sup.child?.connected === true && now - w.reportedAt > SILENT_MS) {
+        w.load = 1;
+        silent = true;
+      }
+    }
+    if (silent) this.rebalance();
   }
 
   // Calls a worker's unused session slots back (it answers with a 'sessions' batch that returns them).
@@ -262,11 +286,15 @@ export class SmtpdWorkers {
         return;
       case 'listening':
         w.listening++;
-        if (w.listening === this.deps.handles.length) w.ready();
+        if (w.listening === this.deps.handles.length) {
+          w.reportedAt = Date.now();
+          w.ready();
+        }
         return;
       case 'load':
         if (!w.accepting) return;
         w.load = m.load;
+        w.reportedAt = Date.now();
         this.rebalance();
         return;
       case 'listen-error':
