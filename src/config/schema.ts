@@ -69,7 +69,7 @@ const server = z
 const smtp = z
   .strictObject({
     listen: listenList(['127.0.0.1:2525'], 'Listening addresses of the inbound SMTP service'),
-    workers: int(0, 0, 64, 'Number of smtpd processes; 0 = CPU count'),
+    workers: int(0, 0, 64, 'Number of smtpd processes; 0 = CPU count. As many accept new connections as the load needs'),
     max_message_size: int(10_240_000, 1024, 2 ** 40, 'SIZE advertised and enforced, bytes (552 5.3.4)'),
     max_recipients: int(1000, 1, 100_000, 'Recipients per transaction, then 452 4.5.3 (RFC 5321 §4.5.3.1.8: at least 100)'),
     max_errors: int(20, 1, 10_000, 'Error replies per session before 421 and close'),
