@@ -221,6 +221,8 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   // the next client (`keep`: until master calls its slots back; never more than a lease's worth) and tells
   // master in the next batch too.
   const lease = { budget: 0, chunk: 0, asked: false, returned: 0, revoked: false, keep: false };
+  // The listening handles (by their index in master's list) this worker accepts on now.
+  const acceptingOn = new Set<number>();
   const perIpLimits = cfg.smtp.max_sessions_per_ip > 0 || cfg.smtp.max_connection_rate_per_ip > 0;
   const batch = { open: [] as string[], release: [] as string[], kept: [] as string[], timer: null as NodeJS.Timeout | null, immediate: false };
   const flush = () => {
@@ -228,7 +230,8 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     batch.timer = null;
     batch.immediate = false;
     if (!process.connected) return;
-    const want = !lease.asked && lease.budget <= lease.chunk / 2;
+    // Only a worker that accepts new connections admits sessions.
+    const want = acceptingOn.size > 0 && !lease.asked && lease.budget <= lease.chunk / 2;
     if (batch.open.length === 0 && batch.release.length === 0 && batch.kept.length === 0 && lease.returned === 0 && !lease.revoked && !want) return;
     if (want) lease.asked = true;
     process.send!({ type: 'sessions', open: batch.open, release: batch.release, kept: batch.kept, returned: lease.returned, revoked: lease.revoked, want });
@@ -287,7 +290,6 @@ async function runSmtpd(init: InitMessage): Promise<void> {
   // Master tells each worker whether to accept new connections (src/master/acceptors.ts): every worker gets
   // the listening handles at start, those told to accept listen on them, the others close their copy and get
   // the handles again when they are to start accepting. An accepting worker reports how busy its event loop is.
-  const acceptingOn = new Set<string>();
   let stopping = false;
   let elu = performance.eventLoopUtilization();
   setInterval(() => {
@@ -296,11 +298,15 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     elu = now;
     if (acceptingOn.size > 0 && !stopping && process.connected) process.send!({ type: 'load', load: Math.round(load * 1000) / 1000 });
   }, LOAD_REPORT_MS).unref();
-  const accept = (handle: unknown, display: string, first: boolean) => {
-    if (stopping || acceptingOn.has(display)) return closeHandle(handle);
-    acceptingOn.add(display);
+  const accept = (handle: unknown, index: number, display: string, first: boolean) => {
+    if (stopping || acceptingOn.has(index)) return closeHandle(handle);
+    acceptingOn.add(index);
     const server: Server = createServer({ pauseOnConnect: false, allowHalfOpen: true });
-    server.on('error', (e: NodeJS.ErrnoException) => process.send!({ type: 'listen-error', display, code: e.code ?? e.message }));
+    server.on('error', (e: NodeJS.ErrnoException) => {
+      // Not accepting on it after all: once it accepts on nothing, its reports stop and master counts it busy.
+      acceptingOn.delete(index);
+      process.send!({ type: 'listen-error', display, code: e.code ?? e.message });
+    });
     server.listen(handle as object, () => {
       smtpd.attach(server);
       elu = performance.eventLoopUtilization();
@@ -308,7 +314,7 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       if (first) process.send!({ type: 'listening', display });
     });
   };
-  onMasterMessage((m: { type: string; id?: number; verdict?: Admission; display?: string; accept?: boolean; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean; n?: number; chunk?: number }, handle?: unknown) => {
+  onMasterMessage((m: { type: string; id?: number; verdict?: Admission; display?: string; index?: number; accept?: boolean; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean; n?: number; chunk?: number }, handle?: unknown) => {
     switch (m.type) {
       case 'message': {
         const w = msgWaiting.get(m.id!);
@@ -342,12 +348,12 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       }
       case 'listen':
         // At start: the handle, and whether to accept on it now.
-        if (m.accept !== false) return accept(handle, m.display!, true);
+        if (m.accept !== false) return accept(handle, m.index ?? 0, m.display!, true);
         closeHandle(handle);
         process.send!({ type: 'listening', display: m.display });
         return;
       case 'accept':
-        accept(handle, m.display!, false);
+        accept(handle, m.index ?? 0, m.display!, false);
         return;
       case 'pause':
         acceptingOn.clear();

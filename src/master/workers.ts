@@ -52,13 +52,16 @@ interface Worker {
   accepting: boolean;
   /** Its event loop's utilization in its last report since the last change of who accepts, or null. */
   load: number | null;
-  /** When it last reported its load, or began to accept (ms, Date.now()). */
+  /** When it last reported its load, or became ready or began to accept (ms, performance.now()). */
   reportedAt: number;
 }
 
 // An accepting worker silent this long counts as fully busy: an event loop too busy (or stuck) to report
 // is one that accepts nobody either, so another worker starts accepting.
 const SILENT_MS = 4 * LOAD_REPORT_MS;
+// A worker stops accepting only after the load has been low enough for this long (a burst's quiet edge
+// does not stop one that the next burst needs again).
+const QUIET_HOLD_MS = 5000;
 
 type WorkerMessage =
   | { type: 'admit'; id: number; ip: string; exempt: boolean }
@@ -77,6 +80,10 @@ export class SmtpdWorkers {
   private readonly retiring = new Set<Worker>();
   private stopped = false;
   private silenceCheck: NodeJS.Timeout | null = null;
+  private lastCheck = 0;
+  // When who accepts last changed, and since when a stop has been due (null: it is not) (performance.now()).
+  private changedAt = 0;
+  private quietSince: number | null = null;
 
   constructor(deps: SmtpdWorkersDeps, count: number) {
     this.deps = deps;
@@ -90,8 +97,9 @@ export class SmtpdWorkers {
 
   /** Starts the first generation; resolves once every worker listens on every handle. */
   async start(config: Config): Promise<void> {
-    await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => this.generation.push(this.spawn(i, config, r)))));
+    await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => this.generation.push(this.spawn(i, config, r, i === 0)))));
     this.rebalance();
+    this.lastCheck = performance.now();
     this.silenceCheck = setInterval(() => this.checkSilent(), LOAD_REPORT_MS).unref();
   }
 
@@ -102,7 +110,9 @@ export class SmtpdWorkers {
   async replace(config: Config, retireMs: number, drainMs: number): Promise<void> {
     const old = this.generation;
     const fresh: Worker[] = [];
-    await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => fresh.push(this.spawn(i, config, r)))));
+    // The new generation takes over with as many accepting workers as the old one had.
+    const accepting = Math.max(1, old.filter((w) => w.accepting).length);
+    await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => fresh.push(this.spawn(i, config, r, i < accepting)))));
     if (this.stopped) {
       // Master began to stop while they started: they never take a session.
       await Promise.all(fresh.map((w) => w.sup.stop({ type: 'drain', deadlineMs: 0 }, 2000)));
@@ -139,12 +149,12 @@ export class SmtpdWorkers {
     return [...this.generation, ...this.retiring];
   }
 
-  // Starts worker `index` with `config`; `onReady` once it listens on every handle.
-  private spawn(index: number, config: Config, onReady: () => void): Worker {
+  // Starts worker `index` with `config`, accepting new connections from its start or not; `onReady` once it
+  // has every handle.
+  private spawn(index: number, config: Config, onReady: () => void, accept: boolean): Worker {
     const { anvil, ids } = this.deps;
-    // The first worker of a generation accepts from its start; the others start accepting when the load asks
-    // for them (rebalance).
-    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false, accepting: index === 0, load: null, reportedAt: Date.now() };
+    // The others start accepting when the load asks for them (rebalance).
+    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false, accepting: accept, load: null, reportedAt: performance.now() };
     w.sup = new Supervised({
       role: 'smtpd',
       grants: this.deps.grants,
@@ -155,12 +165,11 @@ export class SmtpdWorkers {
       onSpawn: (child) => {
         w.listening = 0;
         w.load = null;
-        w.reportedAt = Date.now();
         // A restart (of a worker of the current generation) accepts only if no other worker does.
         if (this.generation.includes(w)) w.accepting = !this.generation.some((o) => o !== w && o.accepting);
         child.send({ type: 'init', role: 'smtpd', config, cleanupPath: this.deps.cleanupPath });
         child.send({ type: 'flags', ...this.deps.flags });
-        for (const h of this.deps.handles) child.send({ type: 'listen', name: h.name, display: h.display, accept: w.accepting }, h.handle as Server);
+        this.deps.handles.forEach((h, i) => child.send({ type: 'listen', index: i, name: h.name, display: h.display, accept: w.accepting }, h.handle as Server));
         // Only the worker's current process speaks for it: a message of one already replaced is dropped.
         child.on('message', (m: WorkerMessage) => {
           if (w.sup.child === child) this.onMessage(w, child, m);
@@ -204,16 +213,28 @@ export class SmtpdWorkers {
    */
   private rebalance(): void {
     if (this.stopped || this.deps.stopping()) return;
-    const live = this.generation.filter((w) => w.sup.child?.connected === true && w.listening === this.deps.handles.length);
+    const live = this.generation.filter((w) => {
+      const c = w.sup.child;
+      return c !== null && c.connected && c.exitCode === null && c.signalCode === null && w.listening === this.deps.handles.length;
+    });
     const change = nextAcceptChange(live.map((w) => ({ accepting: w.accepting, load: w.load })));
+    const now = performance.now();
+    if (change === null || !('stop' in change)) this.quietSince = null;
     if (change === null) return;
-    // Every accepting worker's next report tells the load after this change.
+    if ('stop' in change) {
+      // Only after the load has stayed this low for a while.
+      this.quietSince ??= now;
+      if (now - this.quietSince < QUIET_HOLD_MS) return;
+      this.quietSince = null;
+    }
+    // Every accepting worker's next report after this change tells the load with it.
     for (const w of live) w.load = null;
+    this.changedAt = now;
     if ('start' in change) {
       const w = live[change.start]!;
       w.accepting = true;
-      w.reportedAt = Date.now();
-      for (const h of this.deps.handles) w.sup.child!.send({ type: 'accept', name: h.name, display: h.display }, h.handle as Server);
+      w.reportedAt = now;
+      this.deps.handles.forEach((h, i) => w.sup.child!.send({ type: 'accept', index: i, name: h.name, display: h.display }, h.handle as Server));
     } else {
       const w = live[change.stop]!;
       w.accepting = false;
@@ -225,7 +246,11 @@ export class SmtpdWorkers {
 
   // Accepting workers that stopped reporting count as fully busy.
   private checkSilent(): void {
-    const now = Date.now();
+    const now = performance.now();
+    // Master itself was held up (its timers late): the reports queued meanwhile are read after this round.
+    const late = now - this.lastCheck > 2 * LOAD_REPORT_MS;
+    this.lastCheck = now;
+    if (late) return;
     let silent = false;
     for (const w of this.generation) {
       if (w.accepting && w.sup.child?.connected === true && now - w.reportedAt > SILENT_MS) {
@@ -254,10 +279,11 @@ export class SmtpdWorkers {
       return;
     }
     if (this.deps.stopping()) return;
-    const chunk = anvil.leaseChunk(this.generation.length);
+    // Only accepting workers admit sessions: the lease is shared among them.
+    const chunk = anvil.leaseChunk(this.generation.filter((w) => w.accepting).length);
     if (chunk === 0) return;
     for (const w of this.generation) {
-      if (!w.wants || w.revoking || !w.sup.child?.connected) continue;
+      if (!w.accepting || !w.wants || w.revoking || !w.sup.child?.connected) continue;
       const n = anvil.grant(w.lease, chunk);
       if (n === 0) continue;
       w.lease += n;
@@ -287,16 +313,22 @@ export class SmtpdWorkers {
       case 'listening':
         w.listening++;
         if (w.listening === this.deps.handles.length) {
-          w.reportedAt = Date.now();
+          w.reportedAt = performance.now();
           w.ready();
+          // A worker ready again after a restart may be the one to take over accepting.
+          this.rebalance();
         }
         return;
-      case 'load':
+      case 'load': {
         if (!w.accepting) return;
+        const now = performance.now();
+        w.reportedAt = now;
+        // A report that began before the last change measured the load before it.
+        if (now - this.changedAt < LOAD_REPORT_MS) return;
         w.load = m.load;
-        w.reportedAt = Date.now();
         this.rebalance();
         return;
+      }
       case 'listen-error':
         this.deps.listenFailed(m.display, m.code);
         return;
