@@ -59,8 +59,11 @@ interface Worker {
 // An accepting worker silent this long counts as fully busy: an event loop too busy (or stuck) to report
 // is one that accepts nobody either, so another worker starts accepting.
 const SILENT_MS = 4 * LOAD_REPORT_MS;
-// A worker stops accepting only after the load has been low enough for this long (a burst's quiet edge
-// does not stop one that the next burst needs again).
+// Another worker starts accepting only after every accepting one has been busy for this long (not for a
+// burst, or a worker's first sessions while its code is still cold), and one stops only after the load has
+// been low enough for QUIET_HOLD_MS (a burst's quiet edge does not stop one the next burst needs again).
+// With no worker accepting, one starts at once.
+const BUSY_HOLD_MS = 1000;
 const QUIET_HOLD_MS = 5000;
 
 type WorkerMessage =
@@ -81,8 +84,10 @@ export class SmtpdWorkers {
   private stopped = false;
   private silenceCheck: NodeJS.Timeout | null = null;
   private lastCheck = 0;
-  // When who accepts last changed, and since when a stop has been due (null: it is not) (performance.now()).
+  // When who accepts last changed, and since when a start or a stop has been due (null: it is not)
+  // (performance.now()).
   private changedAt = 0;
+  private busySince: number | null = null;
   private quietSince: number | null = null;
 
   constructor(deps: SmtpdWorkersDeps, count: number) {
@@ -219,14 +224,22 @@ export class SmtpdWorkers {
     });
     const change = nextAcceptChange(live.map((w) => ({ accepting: w.accepting, load: w.load })));
     const now = performance.now();
-    if (change === null || !('stop' in change)) this.quietSince = null;
+    const due = change === null ? null : 'stop' in change ? 'stop' : live.some((w) => w.accepting) ? 'start' : 'first';
+    if (due !== 'stop') this.quietSince = null;
+    if (due !== 'start') this.busySince = null;
     if (change === null) return;
-    if ('stop' in change) {
-      // Only after the load has stayed this low for a while.
+    // A start or a stop only once the load has stayed that way for a while.
+    if (due === 'start') {
+      this.busySince ??= now;
+      if (now - this.busySince < BUSY_HOLD_MS) return;
+    } else if (due === 'stop') {
       this.quietSince ??= now;
       if (now - this.quietSince < QUIET_HOLD_MS) return;
-      this.quietSince = null;
     }
+    this.busySince = null;
+    this.quietSince = null;
+    // The loads that called for it, for the log line.
+    const loads = live.filter((w) => w.accepting).map((w) => w.load);
     // Every accepting worker's next report after this change tells the load with it.
     for (const w of live) w.load = null;
     this.changedAt = now;
@@ -241,7 +254,7 @@ export class SmtpdWorkers {
       w.sup.child!.send({ type: 'pause' });
       this.revoke(w);
     }
-    this.deps.log.info({ event: 'acceptors', accepting: this.generation.filter((w) => w.accepting).length, workers: this.generation.length });
+    this.deps.log.info({ event: 'acceptors', accepting: this.generation.filter((w) => w.accepting).length, workers: this.generation.length, loads });
   }
 
   // Accepting workers that stopped reporting count as fully busy.

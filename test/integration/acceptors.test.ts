@@ -30,21 +30,48 @@ describe('accepting smtpd workers', () => {
     return workerOf(queueIdOf(r));
   };
 
+  // How many workers accept now, by master's log (1 until it logs a change).
+  const accepting = (): number => {
+    const changes = p.logs().filter((l) => l.event === 'acceptors');
+    return changes.length === 0 ? 1 : (changes[changes.length - 1]!.accepting as number);
+  };
+  // Master starts a second acceptor when the first has been busy for a second: on a machine loaded by other
+  // tests that can happen even at this light load. Then the check waits for it to stop again and repeats.
+  const oneWorker = async (what: string, sessions: () => Promise<Set<number>>): Promise<number> => {
+    for (let attempt = 1; ; attempt++) {
+      const served = await sessions();
+      if (served.size === 1 || attempt === 3 || accepting() === 1 && !p.logs().some((l) => l.event === 'acceptors' && (l.accepting as number) > 1)) {
+        assert.equal(served.size, 1, `${what}: sessions went to ${[...served].join(', ')}; acceptors ${JSON.stringify(p.logs().filter((l) => l.event === 'acceptors'))}`);
+        return [...served][0]!;
+      }
+      await waitFor('one acceptor again', () => (accepting() === 1 ? true : undefined), 20_000);
+    }
+  };
+
   test('at light load one of the two workers takes every session', async () => {
     assert.equal(smtpdPids().length, 2);
-    const served = new Set<number>();
-    for (let i = 0; i < 12; i++) served.add(await send(i));
-    assert.equal(served.size, 1, `sessions went to ${[...served].join(', ')}`);
+    await oneWorker('12 sessions', async () => {
+      const served = new Set<number>();
+      for (let i = 0; i < 12; i++) served.add(await send(i));
+      return served;
+    });
   });
 
   test('when the accepting worker is killed, the other takes the next client at once', async () => {
     const first = await send(100);
+    const killedAt = p.logs().length;
     process.kill(first, 'SIGKILL');
     const next = await send(101);
     assert.notEqual(next, first);
     // The restarted worker waits idle: the next sessions still go to the one that took over.
     await waitFor('a restarted second worker', () => (smtpdPids().length === 2 && !smtpdPids().includes(first) ? true : undefined));
-    for (let i = 102; i < 106; i++) assert.equal(await send(i), next);
+    const after = await oneWorker('after the restart', async () => {
+      const served = new Set<number>();
+      for (let i = 102; i < 106; i++) served.add(await send(i));
+      return served;
+    });
+    // (Unless a busy machine made master start a second acceptor meanwhile, and stop the higher one.)
+    if (!p.logs().slice(killedAt).some((l) => l.event === 'acceptors' && (l.accepting as number) > 1)) assert.equal(after, next);
   });
 
   test('when the accepting worker stops (a stuck event loop), another starts accepting and takes the clients', async () => {
