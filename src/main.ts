@@ -308,6 +308,12 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       process.send!({ type: 'listen-error', display, code: e.code ?? e.message });
     });
     server.listen(handle as object, () => {
+      // Told to pause, drain or retire while this listen was under way: not accepting on it after all.
+      if (stopping || !acceptingOn.has(index)) {
+        server.close();
+        if (first) process.send!({ type: 'listening', display });
+        return;
+      }
       smtpd.attach(server);
       elu = performance.eventLoopUtilization();
       schedule(true); // asks master for session slots

@@ -266,7 +266,7 @@ export class SmtpdWorkers {
     if (late) return;
     let silent = false;
     for (const w of this.generation) {
-      if (w.accepting && w.sup.child?.connected === true && now - w.reportedAt > SILENT_MS) {
+      if (w.accepting && w.sup.child?.connected === true && w.listening === this.deps.handles.length && now - w.reportedAt > SILENT_MS) {
         w.load = 1;
         silent = true;
       }
@@ -327,6 +327,7 @@ export class SmtpdWorkers {
         w.listening++;
         if (w.listening === this.deps.handles.length) {
           w.reportedAt = performance.now();
+          w.load = null;
           w.ready();
           // A worker ready again after a restart may be the one to take over accepting.
           this.rebalance();
