@@ -82,6 +82,7 @@ export class SmtpdWorkers {
   // Workers of earlier generations (reload) finishing their sessions.
   private readonly retiring = new Set<Worker>();
   private stopped = false;
+  private started = false;
   private silenceCheck: NodeJS.Timeout | null = null;
   private lastCheck = 0;
   // When who accepts last changed, and since when a start or a stop has been due (null: it is not)
@@ -103,6 +104,10 @@ export class SmtpdWorkers {
   /** Starts the first generation; resolves once every worker listens on every handle. */
   async start(config: Config): Promise<void> {
     await Promise.all(Array.from({ length: this.count }, (_, i) => new Promise<void>((r) => this.generation.push(this.spawn(i, config, r, i === 0)))));
+    // From here on a worker ready again (a restart) re-runs the choice; before, the first worker may simply
+    // not have finished listening yet.
+    this.started = true;
+    if (this.stopped) return;
     this.rebalance();
     this.lastCheck = performance.now();
     this.silenceCheck = setInterval(() => this.checkSilent(), LOAD_REPORT_MS).unref();
@@ -124,6 +129,8 @@ export class SmtpdWorkers {
       return;
     }
     this.generation = fresh;
+    // Loads and holds measured while the old generation shared the traffic say nothing about the new one.
+    this.resetAcceptHolds();
     this.rebalance();
     for (const w of old) {
       this.retiring.add(w);
@@ -190,7 +197,11 @@ export class SmtpdWorkers {
         // Another worker takes over accepting at once (this one restarts as an idle one).
         const accepted = w.accepting;
         w.accepting = false;
-        if (accepted) this.rebalance();
+        if (accepted) {
+          // The others' loads were measured with this one sharing the traffic.
+          this.resetAcceptHolds();
+          this.rebalance();
+        }
       },
     }, this.deps.log);
     w.sup.start();
@@ -216,7 +227,7 @@ export class SmtpdWorkers {
    * Starts or stops one worker accepting new connections when the load asks for it (acceptors.ts); with none
    * accepting (the one that did died), the first live one starts at once.
    */
-  private rebalance(): void {
+  private rebalance(silent = false): void {
     if (this.stopped || this.deps.stopping()) return;
     const live = this.generation.filter((w) => {
       const c = w.sup.child;
@@ -229,7 +240,7 @@ export class SmtpdWorkers {
     if (due !== 'start') this.busySince = null;
     if (change === null) return;
     // A start or a stop only once the load has stayed that way for a while.
-    if (due === 'start') {
+    if (due === 'start' && !silent) {
       this.busySince ??= now;
       if (now - this.busySince < BUSY_HOLD_MS) return;
     } else if (due === 'stop') {
@@ -271,7 +282,16 @@ export class SmtpdWorkers {
         silent = true;
       }
     }
-    if (silent) this.rebalance();
+    // Silence is a hold of its own (SILENT_MS): no busy hold on top.
+    if (silent) this.rebalance(true);
+  }
+
+  // Forgets the loads and holds measured before the set of accepting workers changed other than by rebalance.
+  private resetAcceptHolds(): void {
+    for (const w of this.generation) w.load = null;
+    this.busySince = null;
+    this.quietSince = null;
+    this.changedAt = performance.now();
   }
 
   // Calls a worker's unused session slots back (it answers with a 'sessions' batch that returns them).
@@ -330,7 +350,7 @@ export class SmtpdWorkers {
           w.load = null;
           w.ready();
           // A worker ready again after a restart may be the one to take over accepting.
-          this.rebalance();
+          if (this.started) this.rebalance();
         }
         return;
       case 'load': {
