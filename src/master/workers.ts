@@ -11,7 +11,7 @@ import type { Config } from '../config/index.ts';
 import type { Logger } from '../log/index.ts';
 import type { Anvil } from '../policy/index.ts';
 import { LOAD_REPORT_MS, nextAcceptChange } from './acceptors.ts';
-import { Supervised, type Grants } from './children.ts';
+import { Supervised, type ChildSpec, type Grants } from './children.ts';
 import type { CompileCache } from './compile-cache.ts';
 import type { ListenHandle } from './startup.ts';
 
@@ -34,10 +34,17 @@ export interface SmtpdWorkersDeps {
   readonly stopping: () => boolean;
   /** A worker could not listen on a handle (start-up fails). */
   readonly listenFailed: (display: string, code: string) => void;
+  /** Makes the supervisor of one worker process (tests pass a fake; default: a real Supervised). */
+  readonly supervise?: (spec: ChildSpec, log: Logger) => Supervisor;
+  /** The clock of the acceptor choice (ms; default performance.now). */
+  readonly now?: () => number;
 }
 
+/** What SmtpdWorkers uses of a Supervised. */
+export type Supervisor = Pick<Supervised, 'child' | 'start' | 'stop'>;
+
 interface Worker {
-  sup: Supervised;
+  sup: Supervisor;
   /** IPs the anvil counts for this worker's process (released if it dies). */
   ips: Map<string, number>;
   listening: number;
@@ -86,14 +93,17 @@ export class SmtpdWorkers {
   private silenceCheck: NodeJS.Timeout | null = null;
   private lastCheck = 0;
   // When who accepts last changed, and since when a start or a stop has been due (null: it is not)
-  // (performance.now()).
+  // (this.now()).
   private changedAt = 0;
   private busySince: number | null = null;
   private quietSince: number | null = null;
 
+  private readonly now: () => number;
+
   constructor(deps: SmtpdWorkersDeps, count: number) {
     this.deps = deps;
     this.count = count;
+    this.now = deps.now ?? (() => performance.now());
   }
 
   /** Workers taking new connections. */
@@ -109,7 +119,7 @@ export class SmtpdWorkers {
     this.started = true;
     if (this.stopped) return;
     this.rebalance();
-    this.lastCheck = performance.now();
+    this.lastCheck = this.now();
     this.silenceCheck = setInterval(() => this.checkSilent(), LOAD_REPORT_MS).unref();
   }
 
@@ -166,8 +176,9 @@ export class SmtpdWorkers {
   private spawn(index: number, config: Config, onReady: () => void, accept: boolean): Worker {
     const { anvil, ids } = this.deps;
     // The others start accepting when the load asks for them (rebalance).
-    const w: Worker = { sup: null as unknown as Supervised, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false, accepting: accept, load: null, reportedAt: performance.now() };
-    w.sup = new Supervised({
+    const w: Worker = { sup: null as unknown as Supervisor, ips: new Map(), listening: 0, ready: onReady, lease: 0, wants: false, revoking: false, accepting: accept, load: null, reportedAt: this.now() };
+    const supervise = this.deps.supervise ?? ((spec: ChildSpec, log: Logger) => new Supervised(spec, log));
+    w.sup = supervise({
       role: 'smtpd',
       grants: this.deps.grants,
       index,
@@ -234,7 +245,7 @@ export class SmtpdWorkers {
       return c !== null && c.connected && c.exitCode === null && c.signalCode === null && w.listening === this.deps.handles.length;
     });
     const change = nextAcceptChange(live.map((w) => ({ accepting: w.accepting, load: w.load })));
-    const now = performance.now();
+    const now = this.now();
     const due = change === null ? null : 'stop' in change ? 'stop' : live.some((w) => w.accepting) ? 'start' : 'first';
     if (due !== 'stop') this.quietSince = null;
     if (due !== 'start') this.busySince = null;
@@ -270,7 +281,7 @@ export class SmtpdWorkers {
 
   // Accepting workers that stopped reporting count as fully busy.
   private checkSilent(): void {
-    const now = performance.now();
+    const now = this.now();
     // Master itself was held up (its timers late): the reports queued meanwhile are read after this round.
     const late = now - this.lastCheck > 2 * LOAD_REPORT_MS;
     this.lastCheck = now;
@@ -291,7 +302,7 @@ export class SmtpdWorkers {
     for (const w of this.generation) w.load = null;
     this.busySince = null;
     this.quietSince = null;
-    this.changedAt = performance.now();
+    this.changedAt = this.now();
   }
 
   // Calls a worker's unused session slots back (it answers with a 'sessions' batch that returns them).
@@ -346,7 +357,7 @@ export class SmtpdWorkers {
       case 'listening':
         w.listening++;
         if (w.listening === this.deps.handles.length) {
-          w.reportedAt = performance.now();
+          w.reportedAt = this.now();
           w.load = null;
           w.ready();
           // A worker ready again after a restart may be the one to take over accepting.
@@ -355,7 +366,7 @@ export class SmtpdWorkers {
         return;
       case 'load': {
         if (!w.accepting) return;
-        const now = performance.now();
+        const now = this.now();
         w.reportedAt = now;
         // A report that began before the last change measured the load before it.
         if (now - this.changedAt < LOAD_REPORT_MS) return;
