@@ -309,14 +309,12 @@ async function runSmtpd(init: InitMessage): Promise<void> {
     });
     server.listen(handle as object, () => {
       // Told to pause, drain or retire while this listen was under way: not accepting on it after all.
-      if (stopping || !acceptingOn.has(index)) {
-        server.close();
-        if (first) process.send!({ type: 'listening', display });
-        return;
+      if (stopping || !acceptingOn.has(index)) server.close();
+      else {
+        smtpd.attach(server);
+        elu = performance.eventLoopUtilization();
+        schedule(true); // asks master for session slots
       }
-      smtpd.attach(server);
-      elu = performance.eventLoopUtilization();
-      schedule(true); // asks master for session slots
       if (first) process.send!({ type: 'listening', display });
     });
   };

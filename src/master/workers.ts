@@ -240,10 +240,7 @@ export class SmtpdWorkers {
    */
   private rebalance(silent = false): void {
     if (this.stopped || this.deps.stopping()) return;
-    const live = this.generation.filter((w) => {
-      const c = w.sup.child;
-      return c !== null && c.connected && c.exitCode === null && c.signalCode === null && w.listening === this.deps.handles.length;
-    });
+    const live = this.generation.filter((w) => this.ready(w));
     const change = nextAcceptChange(live.map((w) => ({ accepting: w.accepting, load: w.load })));
     const now = this.now();
     const due = change === null ? null : 'stop' in change ? 'stop' : live.some((w) => w.accepting) ? 'start' : 'first';
@@ -279,6 +276,12 @@ export class SmtpdWorkers {
     this.deps.log.info({ event: 'acceptors', accepting: this.generation.filter((w) => w.accepting).length, workers: this.generation.length, loads });
   }
 
+  // A worker whose process is alive and has every listening handle.
+  private ready(w: Worker): boolean {
+    const c = w.sup.child;
+    return c !== null && c.connected && c.exitCode === null && c.signalCode === null && w.listening === this.deps.handles.length;
+  }
+
   // Accepting workers that stopped reporting count as fully busy.
   private checkSilent(): void {
     const now = this.now();
@@ -288,7 +291,7 @@ export class SmtpdWorkers {
     if (late) return;
     let silent = false;
     for (const w of this.generation) {
-      if (w.accepting && w.sup.child?.connected === true && w.listening === this.deps.handles.length && now - w.reportedAt > SILENT_MS) {
+      if (w.accepting && this.ready(w) && now - w.reportedAt > SILENT_MS) {
         w.load = 1;
         silent = true;
       }
