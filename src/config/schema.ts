@@ -140,7 +140,7 @@ const delivery = z
     connect_timeout: duration('30s', 'Outbound TCP connect timeout', '100ms'),
     timeout: optionalDuration('"" = RFC 5321 §4.5.3.2 timeouts per stage; a duration = that limit for every reply', '100ms'),
     max_recipients: int(50, 1, 100_000, 'Recipients per outbound transaction'),
-    workers: int(0, 0, 64, 'Delivery agent processes; 0 = CPU count'),
+    workers: int(0, 0, 64, 'Delivery agent processes (each takes many deliveries at once); 0 = a quarter of the CPU count, at least 1'),
     max_parallel: int(500, 1, 100_000, 'Deliveries in flight over all destinations'),
     connection_cache_time: duration('5s', 'An idle outbound connection is kept this long for the next message to the same destination'),
     connection_reuse_limit: int(100, 1, 1_000_000, 'Transactions per outbound connection before it is closed'),

@@ -224,7 +224,10 @@ export async function runMaster(deps: MasterDeps, initial: Config): Promise<numb
   });
 
   // ---- delivery workers ----
-  const deliveryCount = cfg.delivery.workers > 0 ? cfg.delivery.workers : Math.max(1, cpus().length);
+  // 0 = a quarter of the CPUs, at least one. An agent is asynchronous (one takes many deliveries at once) and
+  // jobs spread over more agents than the load needs find each agent's code and data cold: on two CPUs one
+  // agent took 0.18-0.20 ms of CPU per message end to end at 50 sessions, two took 0.24 (bench/RESULTS.md).
+  const deliveryCount = cfg.delivery.workers > 0 ? cfg.delivery.workers : Math.max(1, Math.ceil(cpus().length / 4));
   const deliveryWorkers: Supervised[] = [];
   const spawnDelivery = (index: number, onReady: () => void): Supervised => {
     const sup = new Supervised({
