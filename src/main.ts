@@ -8,8 +8,7 @@ import { chmodSync, chownSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config/index.ts';
 import { createLogger } from './log/index.ts';
-import type { SessionGate } from './smtpd/index.ts';
-import type { Admission } from './policy/index.ts';
+import type { GateMessage, SessionGate } from './smtpd/index.ts';
 import type { QmgrCommand } from './qmgr/index.ts';
 import { LOAD_REPORT_MS } from './master/acceptors.ts';
 
@@ -209,83 +208,17 @@ async function runCleanup(init: InitMessage): Promise<void> {
 
 async function runSmtpd(init: InitMessage): Promise<void> {
   const cfg = init.config;
-  const { createSmtpd } = await import('./smtpd/index.ts');
+  const { createSmtpd, MasterGate } = await import('./smtpd/index.ts');
   const log = createLogger('smtpd', cfg.log.level, { batched: true });
-  let nextId = 1;
-  const waiting = new Map<number, (a: Admission) => void>();
-  const msgWaiting = new Map<number, (ok: boolean) => void>();
-  const flags = { stress: false, diskLow: false };
-  // Session slots master leased to this worker: a client no per-IP limit applies to is admitted at once with
-  // one, and master hears of it in the next batch (one message per event-loop turn, not a round trip per
-  // connection). Without a slot, admission asks master. When such a session ends the worker keeps its slot for
-  // the next client (`keep`: until master calls its slots back; never more than a lease's worth) and tells
-  // master in the next batch too.
-  const lease = { budget: 0, chunk: 0, asked: false, returned: 0, revoked: false, keep: false };
   // The listening handles (by their index in master's list) this worker accepts on now.
   const acceptingOn = new Set<number>();
-  const perIpLimits = cfg.smtp.max_sessions_per_ip > 0 || cfg.smtp.max_connection_rate_per_ip > 0;
-  const batch = { open: [] as string[], release: [] as string[], kept: [] as string[], timer: null as NodeJS.Timeout | null, immediate: false };
-  const flush = () => {
-    if (batch.timer !== null) clearTimeout(batch.timer);
-    batch.timer = null;
-    batch.immediate = false;
-    if (!process.connected) return;
-    // Only a worker that accepts new connections admits sessions.
-    const want = acceptingOn.size > 0 && !lease.asked && lease.budget <= lease.chunk / 2;
-    if (batch.open.length === 0 && batch.release.length === 0 && batch.kept.length === 0 && lease.returned === 0 && !lease.revoked && !want) return;
-    if (want) lease.asked = true;
-    process.send!({ type: 'sessions', open: batch.open, release: batch.release, kept: batch.kept, returned: lease.returned, revoked: lease.revoked, want });
-    batch.open = [];
-    batch.release = [];
-    batch.kept = [];
-    lease.returned = 0;
-    lease.revoked = false;
-  };
-  // Opens (on leased slots, already allowed for) and ends of sessions whose slot the worker keeps may wait
-  // NOTICE_BATCH_MS to travel together; any other release goes at the end of this event-loop turn, so master
-  // never counts a finished session for longer than that and refuses nobody for it.
-  const schedule = (urgent: boolean) => {
-    if (urgent) {
-      if (!batch.immediate) {
-        batch.immediate = true;
-        setImmediate(flush);
-      }
-    } else if (batch.timer === null && !batch.immediate) batch.timer = setTimeout(flush, NOTICE_BATCH_MS);
-  };
-  const gate: SessionGate = {
-    flags,
-    message(ip, exempt, kind = 'message') {
-      const id = nextId++;
-      return new Promise((resolve) => {
-        msgWaiting.set(id, resolve);
-        process.send!({ type: 'message', id, ip, exempt, kind });
-      });
-    },
-    admit(ip, exempt) {
-      if (lease.budget > 0 && (exempt || !perIpLimits)) {
-        lease.budget--;
-        batch.open.push(ip);
-        schedule(false);
-        return 'ok';
-      }
-      const id = nextId++;
-      return new Promise((resolve) => {
-        waiting.set(id, resolve);
-        process.send!({ type: 'admit', id, ip, exempt });
-      });
-    },
-    release(ip, leased) {
-      // Kept up to the lease size: beyond it the slot goes back to master for the other workers.
-      if (leased && lease.keep && lease.budget < lease.chunk) {
-        lease.budget++;
-        batch.kept.push(ip);
-        schedule(false);
-        return;
-      }
-      batch.release.push(ip);
-      schedule(true);
-    },
-  };
+  const gate = new MasterGate({
+    send: (m) => process.send!(m),
+    connected: () => process.connected,
+    accepting: () => acceptingOn.size > 0,
+    perIpLimits: cfg.smtp.max_sessions_per_ip > 0 || cfg.smtp.max_connection_rate_per_ip > 0,
+    batchMs: NOTICE_BATCH_MS,
+  });
   const smtpd = createSmtpd({ log, gate, cleanupPath: init.cleanupPath! }, cfg);
   // Master tells each worker whether to accept new connections (src/master/acceptors.ts): every worker gets
   // the listening handles at start, those told to accept listen on them, the others close their copy and get
@@ -313,43 +246,14 @@ async function runSmtpd(init: InitMessage): Promise<void> {
       else {
         smtpd.attach(server);
         elu = performance.eventLoopUtilization();
-        schedule(true); // asks master for session slots
+        gate.askSlots();
       }
       if (first) process.send!({ type: 'listening', display });
     });
   };
-  onMasterMessage((m: { type: string; id?: number; verdict?: Admission; display?: string; index?: number; accept?: boolean; deadlineMs?: number; drainMs?: number; ok?: boolean; stress?: boolean; diskLow?: boolean; n?: number; chunk?: number }, handle?: unknown) => {
+  onMasterMessage((m: GateMessage & { display?: string; index?: number; accept?: boolean; deadlineMs?: number; drainMs?: number }, handle?: unknown) => {
+    if (gate.handle(m)) return;
     switch (m.type) {
-      case 'message': {
-        const w = msgWaiting.get(m.id!);
-        msgWaiting.delete(m.id!);
-        w?.(m.ok !== false);
-        return;
-      }
-      case 'lease':
-        lease.budget += m.n ?? 0;
-        lease.chunk = m.chunk ?? 0;
-        lease.asked = false;
-        lease.keep = true;
-        return;
-      case 'revoke':
-        lease.returned += lease.budget;
-        lease.budget = 0;
-        lease.revoked = true;
-        lease.asked = false;
-        lease.keep = false;
-        flush();
-        return;
-      case 'flags':
-        flags.stress = m.stress === true;
-        flags.diskLow = m.diskLow === true;
-        return;
-      case 'admit': {
-        const w = waiting.get(m.id!);
-        waiting.delete(m.id!);
-        w?.(m.verdict!);
-        return;
-      }
       case 'listen':
         // At start: the handle, and whether to accept on it now.
         if (m.accept !== false) return accept(handle, m.index ?? 0, m.display!, true);

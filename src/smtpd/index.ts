@@ -16,6 +16,8 @@ import { Connection, normalizeIp, type ConnectionDeps } from './connection.ts';
 import { CleanupPool } from './cleanup-client.ts';
 import type { RecipientPolicy } from './relay.ts';
 
+export { MasterGate, type GateMessage, type GateNotice, type MasterGateOptions } from './gate.ts';
+
 /** Asks the shared session counter; implemented over the master channel in production. */
 export interface SessionGate {
   /** A verdict at once when the worker can decide alone (a leased slot), else master's. */
