@@ -7,7 +7,9 @@
 #
 # Load: Postfix's smtp-source, one message per connection, through shared/bench-ref/lib.sh run_one with E2E=0
 # (injection rate, CPU of the MTA's whole process tree per message, peak PSS). Both MTAs start each cell with
-# an empty queue: Postfix's hold queue is purged, Palisade is stopped, its data dir removed, and started again.
+# an empty queue: Postfix's hold queue is purged; Palisade's queue manager relays what Palisade holds to the
+# sink and is paused again. Both MTAs run the whole benchmark (PAL_RESTART=1: Palisade is restarted on an
+# empty data dir before every cell instead, as before 2026-11-28 18:40).
 #
 # Usage: bench/accept.sh            (from anywhere; results under bench/results/accept-<UTC time>/)
 # Env:   BENCH_REF=DIR              reference harness (default: ../shared/bench-ref from the repo root)
@@ -17,6 +19,7 @@
 #                                   (JIT and process pools warm; they stay queued in both, equally); 0 = none
 #        PF_PORT=2725 PAL_PORT=2726 SINK=2727 (loopback ports; must be free)
 #        QMGR_PAUSE=1               0 = let Palisade's queue manager run (it relays everything to the sink)
+#        PAL_RESTART=0              1 = restart Palisade on an empty data dir before every cell
 #        BENCH_RESULTS=DIR  BENCH_TMP=DIR (removed at exit unless KEEP_TMP=1)
 set -uo pipefail
 
@@ -59,6 +62,18 @@ pal_on_start() {
 }
 pal_on_stop() { [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID" 2>/dev/null; QMGR_PID=""; }
 
+# An empty queue before each cell, as Postfix's hold queue is purged: the queue manager runs (relaying what
+# the last cell left to the sink) until the queue is empty, then is paused again. Palisade runs on, as Postfix
+# does; PAL_RESTART=1 restarts it on an empty data dir instead (the JIT then starts over every cell).
+prep_palisade() {
+  if [ "${PAL_RESTART:-0}" = 1 ]; then pal_clean_start; return; fi
+  if ! kill -0 "$PAL_PID" 2>/dev/null; then log "palisade is not running; starting it again on an empty data dir"; pal_clean_start; return; fi
+  [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID"
+  wait_until 120 pal_empty || log "palisade queue still holds $(pal_queued) message(s) after 120 s"
+  [ -n "$QMGR_PID" ] && kill -STOP "$QMGR_PID"
+  return 0
+}
+
 cleanup() {
   pal_stop
   pf_stop
@@ -93,7 +108,7 @@ for rep in $(seq "$REPEAT"); do
         log "round $rep: postfix-hold c=$conc size=$size count=$count (held before: $(pf_held))"
         run_one postfix-hold "$PF_PORT" "$SINK" "$conc" "$size" "$count" "$(pf_master)" 0
       else
-        pal_clean_start; warm "$PAL_PORT" "$size"; sleep 1
+        prep_palisade; warm "$PAL_PORT" "$size"; sleep 1
         log "round $rep: palisade-accept c=$conc size=$size count=$count (queued before: $(pal_queued))"
         run_one palisade-accept "$PAL_PORT" "$SINK" "$conc" "$size" "$count" "$PAL_PID" 0
         log "  palisade queued after: $(pal_queued)"

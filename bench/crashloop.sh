@@ -75,7 +75,6 @@ dump_sink_start() {
   SINK_PID=$!; track_pid "$SINK_PID"
   wait_port "$SINK" || die "smtp-sink did not listen on $SINK"
 }
-pal_empty() { [ "$(pal_queued)" = 0 ]; }
 # Queue empty and at least one dump per acknowledged message (the exact check comes after).
 drained() { pal_empty && [ "$(sink_files)" -ge "$(wc -l < "$BENCH_RESULTS/acked.txt")" ]; }
 sink_settled() { local a; a=$(sink_files); sleep 1; [ "$(sink_files)" = "$a" ]; }

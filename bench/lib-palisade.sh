@@ -111,6 +111,7 @@ pal_queued() {
   { find "$PALDIR/var/spool/incoming" -type f -perm -0600 2>/dev/null
     find "$PALDIR/var/spool/active" "$PALDIR/var/spool/deferred" -type f 2>/dev/null; } | wc -l
 }
+pal_empty() { [ "$(pal_queued)" = 0 ]; }
 
 # vmrss_kb PID... -> sum of VmRSS (kB) of the given processes right now (0 for none)
 vmrss_kb() {

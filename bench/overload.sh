@@ -57,7 +57,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 stress_lines() { grep -c '"event":"stress"' "$PALDIR/palisade.log" 2>/dev/null; }   # master logs each switch of stress mode (warn)
-pal_empty() { [ "$(pal_queued)" = 0 ]; }
 drain() { wait_until 120 pal_empty || log "queue still holds $(pal_queued) message(s) after 120 s"; sleep 1; }
 
 # phase NAME CLIENTS -> one smtp-load run with RSS sampling; writes NAME.json (client counters plus Palisade's
