@@ -386,10 +386,10 @@ export function appendRecordsSync(path: string, recs: readonly StateRecord[]): v
   const buf = Buffer.from(recs.map(stateLine).join(''), 'utf8');
   const fd = openSync(path, constants.O_WRONLY | constants.O_APPEND);
   try {
+    const size = fstatSync(fd).size;
     const n = writeSync(fd, buf);
     if (n !== buf.length) {
-      // The size before the append, found only when it is needed (a stat per message otherwise).
-      ftruncateSync(fd, fstatSync(fd).size - n);
+      ftruncateSync(fd, size);
       throw Object.assign(new Error(`short write appending a state record (${n} of ${buf.length} bytes)`), { code: 'ENOSPC' });
     }
   } finally {
