@@ -31,7 +31,8 @@ BENCH_REF="$(cd "$BENCH_REF" && pwd)"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 export BENCH_RESULTS="${BENCH_RESULTS:-$REPO/bench/results/accept-$STAMP}"
 export BENCH_TMP="${BENCH_TMP:-/tmp/palisade-bench-accept.$$}"
-# lib.sh's smtp-sink is only there because run_one reads a sink PID; with E2E=0 nothing is sent to it.
+# lib.sh's smtp-sink: run_one reads a sink PID (with E2E=0 no cell waits for it), and Palisade's queue manager
+# relays what a cell left to it between cells.
 . "$BENCH_REF/lib.sh"
 
 PF_PORT="${PF_PORT:-2725}"; PAL_PORT="${PAL_PORT:-2726}"; SINK="${SINK:-2727}"
@@ -68,8 +69,17 @@ pal_on_stop() { [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID" 2>/dev/null; QMGR_P
 prep_palisade() {
   if [ "${PAL_RESTART:-0}" = 1 ]; then pal_clean_start; return; fi
   if ! kill -0 "$PAL_PID" 2>/dev/null; then log "palisade is not running; starting it again on an empty data dir"; pal_clean_start; return; fi
-  [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID"
-  wait_until 120 pal_empty || log "palisade queue still holds $(pal_queued) message(s) after 120 s"
+  # Master restarts a queue manager that died: resume and pause the one running now, never a stale PID.
+  if [ "$QMGR_PAUSE" = 1 ]; then
+    local q; q=$(pal_children qmgr | head -1)
+    [ "$q" = "$QMGR_PID" ] || log "queue manager is now ${q:-missing} (was ${QMGR_PID:-none})"
+    QMGR_PID=$q
+  fi
+  [ -n "$QMGR_PID" ] && kill -CONT "$QMGR_PID" 2>/dev/null
+  if ! wait_until 120 pal_empty; then
+    log "palisade queue still holds $(pal_queued) message(s) after 120 s; starting it again on an empty data dir"
+    pal_clean_start; return
+  fi
   [ -n "$QMGR_PID" ] && kill -STOP "$QMGR_PID"
   return 0
 }
@@ -95,6 +105,7 @@ log "machine: $(machine_line)"
 sink_start "$SINK" || die "smtp-sink did not start"
 pf_start
 pal_config
+rm -rf "$PALDIR/var"
 pal_start
 
 for rep in $(seq "$REPEAT"); do

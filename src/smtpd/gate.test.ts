@@ -75,7 +75,7 @@ describe('MasterGate: an smtpd worker\'s side of the session count', () => {
     assert.deepEqual(sessions(), [{ type: 'sessions', open: ['192.0.2.1', '192.0.2.2'], release: [], kept: [], returned: 0, revoked: false, want: true }]);
   });
 
-  test('a leased session that ends keeps its slot (batched); beyond the chunk the slot goes back at the end of the turn', () => {
+  test('a leased session that ends keeps its slot (batched) up to the lease size; beyond it the slot goes back at the end of the turn', () => {
     const { g, sessions } = gate();
     g.handle({ type: 'lease', n: 1, chunk: 1 });
     assert.equal(g.admit('192.0.2.1', false), 'ok');
@@ -83,12 +83,72 @@ describe('MasterGate: an smtpd worker\'s side of the session count', () => {
     endOfTurn();
     assert.deepEqual(sessions(), [], 'a kept slot waits for the batch');
     assert.equal(g.admit('192.0.2.2', false), 'ok', 'the kept slot admits the next client at once');
+    g.release('192.0.2.2', true);
     batchTime();
-    assert.deepEqual(sessions().map((m) => [m.type === 'sessions' && m.open, m.type === 'sessions' && m.kept]), [[['192.0.2.1', '192.0.2.2'], ['192.0.2.1']]]);
-    // The budget is full (1 of 1): a session that was not leased releases its slot to master, urgently.
+    assert.deepEqual(sessions(), [{ type: 'sessions', open: ['192.0.2.1', '192.0.2.2'], release: [], kept: ['192.0.2.1', '192.0.2.2'], returned: 0, revoked: false, want: false }]);
+    // The budget is back at the lease size (1 of 1): one more leased session's slot goes back to master, at
+    // the end of the turn.
+    const third = g.admit('192.0.2.3', false);
+    assert.equal(third, 'ok');
+    g.handle({ type: 'lease', n: 1, chunk: 1 }); // now 1 of 1 with a session open on an earlier slot
+    g.release('192.0.2.3', true);
+    endOfTurn();
+    assert.deepEqual(sessions().at(-1), { type: 'sessions', open: ['192.0.2.3'], release: ['192.0.2.3'], kept: [], returned: 0, revoked: false, want: false });
+  });
+
+  test('leases add up; each lease clears the ask so the next shortage asks again', () => {
+    const { g, sessions } = gate();
+    g.askSlots();
+    endOfTurn();
+    g.handle({ type: 'lease', n: 2, chunk: 4 });
+    g.handle({ type: 'lease', n: 2, chunk: 4 });
+    for (const ip of ['192.0.2.1', '192.0.2.2', '192.0.2.3', '192.0.2.4']) assert.equal(g.admit(ip, false), 'ok');
+    assert.ok(g.admit('192.0.2.5', false) instanceof Promise, 'four slots, four sessions');
+    batchTime();
+    assert.equal(sessions().length, 2);
+    assert.equal((sessions()[1] as { want: boolean }).want, true, 'asked again after the lease answered the first ask');
+  });
+
+  test('a batch goes once: the timer it replaced sends nothing more, and returned slots are not counted twice', () => {
+    const { g, sessions } = gate();
+    g.handle({ type: 'lease', n: 8, chunk: 8 });
+    g.admit('192.0.2.1', false); // batched (timer)
+    g.release('198.51.100.7', false); // urgent: goes at the end of the turn, with the open
+    endOfTurn();
+    assert.equal(sessions().length, 1);
+    batchTime();
+    batchTime();
+    assert.equal(sessions().length, 1, 'the batch timer was cleared');
+    g.handle({ type: 'revoke' });
+    g.release('198.51.100.8', false);
+    endOfTurn();
+    assert.deepEqual(sessions().slice(1).map((m) => m.type === 'sessions' && [m.returned, m.revoked]), [[7, true], [0, false]]);
+  });
+
+  test('an end-of-turn flush cancels the batch timer: a later open waits its own full batch time', () => {
+    const { g, sessions } = gate();
+    g.handle({ type: 'lease', n: 8, chunk: 8 });
+    g.admit('192.0.2.1', false);
     g.release('198.51.100.7', false);
     endOfTurn();
-    assert.deepEqual((sessions().at(-1) as { release: string[] }).release, ['198.51.100.7']);
+    assert.equal(sessions().length, 1);
+    mock.timers.tick(BATCH_MS - 2);
+    g.admit('192.0.2.2', false);
+    mock.timers.tick(2);
+    assert.equal(sessions().length, 1, 'not sent on the first open\'s timer');
+    mock.timers.tick(BATCH_MS - 2);
+    assert.deepEqual((sessions()[1] as { open: string[] }).open, ['192.0.2.2']);
+  });
+
+  test('slots returned while master could not be told are all returned later', () => {
+    const { g, sessions, state } = gate();
+    state.connected = false;
+    g.handle({ type: 'lease', n: 3, chunk: 4 });
+    g.handle({ type: 'revoke' });
+    g.handle({ type: 'lease', n: 2, chunk: 4 });
+    state.connected = true;
+    g.handle({ type: 'revoke' });
+    assert.deepEqual(sessions().map((m) => m.type === 'sessions' && m.returned), [5]);
   });
 
   test('with per-IP limits only exempt clients are admitted on a lease; the others are asked about', () => {
