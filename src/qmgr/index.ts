@@ -164,10 +164,13 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           run: async () => {
             m.tried = true;
             const res = await dispatch(job);
+            if (res.agentLost) m.agentLost = true;
+            else if (res.results.some((x) => x.status === 'deferred')) m.deferredOtherwise = true;
             await recordResults(m, job, res.results, started);
             return res.destinationFailed ? (res.results.find((r) => r.reply !== '')?.reply ?? '') : null;
           },
           fail: (reason) => {
+            m.deferredOtherwise = true;
             void recordResults(m, job, job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.4.1', reply: reason, relay: '' })), started);
           },
         });
@@ -182,13 +185,14 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   // Connections to the delivery agents, kept open between jobs (see RequestPool).
   const agents = new RequestPool(deps.deliveryPath);
 
-  // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job.
-  async function dispatch(job: DeliveryJob): Promise<JobResult> {
+  // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job (`agentLost`).
+  async function dispatch(job: DeliveryJob): Promise<JobResult & { agentLost?: true }> {
     const r = await agents.ask(job);
     if (!(r instanceof Error)) return r as JobResult;
     return {
       results: job.recipients.map((x) => ({ index: x.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${r.message}`, relay: '' })),
       destinationFailed: false,
+      agentLost: true,
     };
   }
 
@@ -284,7 +288,14 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       }
       if (m.tried || m.attempts === 0) m.attempts++;
       m.tried = false;
-      const delay = Math.min(retryMax, retryMin * 2 ** Math.min(30, m.attempts - 1));
+      // A first attempt lost with its delivery agent (it died mid-delivery: no server answered, nothing else
+      // deferred a recipient) is made again at the next scan, not after retry_min: mail in flight when an agent
+      // dies is not held back for minutes. It counts as an attempt, so a message that kills the agent every
+      // time backs off as any other.
+      const lostFirst = m.agentLost && !m.deferredOtherwise && m.attempts === 1;
+      m.agentLost = false;
+      m.deferredOtherwise = false;
+      const delay = lostFirst ? 0 : Math.min(retryMax, retryMin * 2 ** Math.min(30, m.attempts - 1));
       await toDeferred(m, t + delay);
     } catch (e) {
       log.error({ event: 'qmgr-error', qid: m.id, err: (e as Error).message });

@@ -43,6 +43,10 @@ export interface Msg {
   attempts: number;
   /** This round handed at least one job to a delivery agent. */
   tried: boolean;
+  /** This round lost a job with its delivery agent (the agent died before answering). */
+  agentLost: boolean;
+  /** This round had a recipient deferred for another reason (a server's answer, a dead destination). */
+  deferredOtherwise: boolean;
   warned: boolean;
   pendingAction: 'hold' | 'delete' | null;
   /** Outcomes of this round not yet written to the file. */
@@ -87,6 +91,8 @@ export function messageOf(id: string, q: ParsedQueueFile): Msg {
     inFlight: 0,
     attempts,
     tried: false,
+    agentLost: false,
+    deferredOtherwise: false,
     warned,
     pendingAction: null,
     unsaved: [],

@@ -333,3 +333,80 @@ describe('deliveries a replaced or dead qmgr left running', () => {
     assert.equal(copies('hold-out'), 1);
   });
 });
+
+describe('kill -9 of the delivery agent mid-delivery', () => {
+  let peer: SmtpPeer;
+  let p: Running;
+  before(async () => {
+    // The next hop answers the final dot after 1.5 s: time to kill the agent while it waits. retry_min is an
+    // hour, so only the prompt retry of a first attempt lost with its agent can deliver within the test.
+    peer = await startSmtpPeer({ dataReplyDelayMs: 1500 });
+    p = await startPalisade({
+      toml: `[transport]\n"*" = "smtp:[127.0.0.1]:${peer.port}"\n[queue]\nretry_min = "1h"\nretry_max = "2h"\nscan_interval = "200ms"\n[delivery]\nworkers = 1\ntimeout = "10s"\n`,
+    });
+  });
+  after(async () => {
+    const code = await p?.stop();
+    await peer?.close();
+    if (p) assert.equal(code, 0, 'Palisade exits 0 on SIGTERM');
+  });
+
+  const agentPid = () => childProcesses(p.proc.pid!).find((x) => / child delivery$/.test(x.args))?.pid;
+
+  async function send(tag: string): Promise<string> {
+    const c = await openSession(p.port);
+    try {
+      await c.ok('MAIL FROM:<sender@client.test>');
+      await c.ok(`RCPT TO:<${tag}@remote.test>`);
+      await c.ok('DATA', 354);
+      c.write(`Subject: ${tag}\r\nMessage-ID: <${tag}@client.test>\r\n\r\nbody\r\n.\r\n`);
+      return queueIdOf(await c.expect(250));
+    } finally {
+      c.close();
+    }
+  }
+
+  // Waits for the peer to hold the nth copy (its answer still to come), then kills the agent delivering it.
+  async function killAgentAt(n: number): Promise<number> {
+    await peer.waitMessages(n);
+    const pid = agentPid();
+    assert.ok(pid !== undefined, 'master has a delivery agent');
+    process.kill(pid, 'SIGKILL');
+    return pid;
+  }
+
+  test('a first attempt lost with the agent is made again at the next scan, not after retry_min', async () => {
+    const qid = await send('lost-once');
+    const killed = await killAgentAt(1);
+    const deferred = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status === 'deferred', 10_000);
+    assert.match(String(deferred.reply), /^delivery agent: /);
+    // The restarted agent delivers it: the peer gets a second copy and answers it.
+    await p.waitLog((l) => l.event === 'removed' && l.qid === qid, 20_000);
+    assert.equal(peer.messages.length, 2, 'the lost attempt and the one that was answered');
+    assert.notEqual(agentPid(), killed);
+  });
+
+  test('a message whose retry loses the agent again backs off as usual (retry_min and up)', async () => {
+    const before = peer.messages.length;
+    const qid = await send('lost-twice');
+    await killAgentAt(before + 1);
+    await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status === 'deferred', 10_000);
+    // The prompt retry reaches the peer; the agent dies again before the answer.
+    await killAgentAt(before + 2);
+    let seen = 0;
+    const second = await p.waitLog((l) => l.event === 'delivery' && l.qid === qid && l.status === 'deferred' && ++seen === 2, 10_000);
+    assert.match(String(second.reply), /^delivery agent: /);
+    // Now it waits in deferred/ with a next retry at least retry_min ahead.
+    const file = join(p.spool, 'deferred', qid);
+    const next = await waitFor('the deferred record', () => {
+      try {
+        const recs = [...readFileSync(file, 'utf8').matchAll(/"next":"([^"]+)"/g)];
+        return recs.length >= 2 ? Date.parse(recs[recs.length - 1]![1]!) : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 10_000);
+    assert.ok(next - Date.now() > 30 * 60_000, `next retry ${new Date(next).toISOString()} is retry_min away or more`);
+    assert.equal(peer.messages.length, before + 2, 'no third try');
+  });
+});
