@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Unit tests for reading state records at load: the last record per recipient wins, and the backoff exponent
-// survives a restart (untried rounds excluded; older files counted by rounds).
+// Unit tests for reading state records at load: the last record per recipient wins (a sent one stays), and
+// the backoff exponent survives a restart (untried rounds excluded; older files counted by rounds).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,4 +29,10 @@ test('sent and bounced records end a recipient; a warned record is remembered', 
   assert.equal(r.last.get(0)!.state, 'sent');
   assert.equal(r.warned, true);
   assert.equal(readRecords([]).attempts, 0);
+});
+
+test('a recipient once sent stays sent: a later deferral (its agent died after marking it) does not undo it', () => {
+  const r = readRecords([rec(0, 'sent'), rec(0, 'deferred', 't1', 1), rec(1, 'bounced'), rec(1, 'deferred', 't1', 1)]);
+  assert.equal(r.last.get(0)!.state, 'sent');
+  assert.equal(r.last.get(1)!.state, 'deferred', 'a bounce can be taken back (its DSN could not be sent)');
 });

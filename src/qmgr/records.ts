@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// What a queue file's state records say when qmgr loads it: each recipient's last record, whether a delay DSN
-// went out, and how many rounds tried a delivery (the backoff exponent).
+// What a queue file's state records say when qmgr loads it: each recipient's last record (or its sent one),
+// whether a delay DSN went out, and how many rounds tried a delivery (the backoff exponent).
 
 import type { StateRecord } from '../queue/index.ts';
 
@@ -24,9 +24,12 @@ export function readRecords(records: readonly StateRecord[]): LoadedRecords {
   for (const r of records) {
     if ((r as { warned?: boolean }).warned === true) warned = true;
     else if (typeof r.rcpt === 'number') {
-      last.set(r.rcpt, r);
       if (r.state === 'deferred' && r.next) rounds.add(r.next);
       if (r.state === 'deferred' && typeof r.attempts === 'number') attempts = Math.max(attempts, r.attempts);
+      // Sent is final. A delivery agent marks a recipient sent before it answers qmgr; an agent that died
+      // after its mark but before its answer leaves qmgr recording the job deferred after the mark, and that
+      // record must not send the message a second time.
+      if (last.get(r.rcpt)?.state !== 'sent') last.set(r.rcpt, r);
     }
   }
   return { last, warned, attempts: attempts >= 0 ? attempts : rounds.size };
