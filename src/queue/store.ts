@@ -347,7 +347,8 @@ function parseLengths(b: Buffer): { envLen: number } | null {
 
 function toEntry(id: string, state: MessageState, q: ParsedQueueFile): QueueEntry {
   const last = new Map<number, StateRecord>();
-  for (const r of q.records) last.set(r.rcpt, r);
+  // As qmgr reads them (src/qmgr/records.ts): the last record, except that sent is final.
+  for (const r of q.records) if (typeof r.rcpt === 'number' && last.get(r.rcpt)?.state !== 'sent') last.set(r.rcpt, r);
   return {
     id,
     state,
