@@ -11,7 +11,7 @@ import type { Logger } from '../log/index.ts';
 import type { DeliveryJob, JobResult, RecipientResult } from '../core/delivery.ts';
 import { parseDuration } from '../core/duration.ts';
 import { RequestPool, submit } from '../ipc/index.ts';
-import { QueueStore, QUEUE_ID, type MessageState, type StateRecord } from '../queue/index.ts';
+import { QueueStore, QUEUE_ID, recipientRecords, type MessageState, type StateRecord } from '../queue/index.ts';
 import { buildDsn } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
 import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
@@ -72,6 +72,8 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   let scanning = false;
   let idle: (() => void) | null = null;
   const loading = new Set<string>();
+  /** Messages whose first attempt, lost with its delivery agent, was repeated at once (finishRound). */
+  const promptRetried = new Set<string>();
 
   function inFlightTotal(): number {
     let n = 0;
@@ -164,13 +166,10 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
           run: async () => {
             m.tried = true;
             const res = await dispatch(job);
-            if (res.agentLost) m.agentLost = true;
-            else if (res.results.some((x) => x.status === 'deferred')) m.deferredOtherwise = true;
-            await recordResults(m, job, res.results, started);
+            await recordResults(m, job, res.results, started, res.agentLost === true);
             return res.destinationFailed ? (res.results.find((r) => r.reply !== '')?.reply ?? '') : null;
           },
           fail: (reason) => {
-            m.deferredOtherwise = true;
             void recordResults(m, job, job.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.4.1', reply: reason, relay: '' })), started);
           },
         });
@@ -185,24 +184,39 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
   // Connections to the delivery agents, kept open between jobs (see RequestPool).
   const agents = new RequestPool(deps.deliveryPath);
 
-  // Sends a job to a delivery agent and waits for its answer; a lost agent defers the job (`agentLost`).
+  // Sends a job to a delivery agent and waits for its answer. A job lost with its agent (`agentLost`: the agent
+  // died first) is deferred, except for recipients the agent had marked sent in the queue file before it died:
+  // those were delivered, and this round must not bounce them at expiry or warn of a delay for them.
   async function dispatch(job: DeliveryJob): Promise<JobResult & { agentLost?: true }> {
     const r = await agents.ask(job);
     if (!(r instanceof Error)) return r as JobResult;
+    let marks: Map<number, StateRecord> | null = null;
+    try {
+      marks = recipientRecords((await store.read('active', job.qid)).records);
+    } catch {
+      // Unreadable: all deferred, and the next load reads the marks.
+    }
     return {
-      results: job.recipients.map((x) => ({ index: x.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${r.message}`, relay: '' })),
+      results: job.recipients.map((x): RecipientResult => {
+        const mark = marks?.get(x.index);
+        if (mark?.state === 'sent') return { index: x.index, status: 'sent', dsn: mark.dsn, reply: mark.reply, relay: '', ...(mark.relayed ? { relayed: mark.relayed } : {}) };
+        return { index: x.index, status: 'deferred', dsn: '4.3.0', reply: `delivery agent: ${r.message}`, relay: '' };
+      }),
       destinationFailed: false,
       agentLost: true,
     };
   }
 
-  async function recordResults(m: Msg, job: DeliveryJob, results: readonly RecipientResult[], started: number): Promise<void> {
+  // `lost`: the job was lost with its delivery agent (its deferrals are that, not a server's answer).
+  async function recordResults(m: Msg, job: DeliveryJob, results: readonly RecipientResult[], started: number, lost = false): Promise<void> {
     const t = now();
     const lines: StateRecord[] = [];
+    if (lost) m.agentLost = true;
     for (const res0 of results) {
       const res = classify(res0, overrides);
       const r = m.rcpts[res.index];
       if (r === undefined) continue;
+      if (res.status === 'deferred' && !lost) m.deferredOtherwise = true;
       r.status = res.status;
       r.dsn = res.dsn;
       r.reply = res.reply;
@@ -276,6 +290,7 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
         // but the thread pool's hand-off cost more on every message (two wake-ups, one preempting qmgr).
         store.removeSync(m.state, m.id);
         active.delete(m.id);
+        promptRetried.delete(m.id);
         log.info({ event: 'removed', qid: m.id, sent: m.rcpts.filter((r) => r.status === 'sent').length, bounced: m.rcpts.filter((r) => r.status === 'bounced').length });
         return;
       }
@@ -292,7 +307,13 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       // deferred a recipient) is made again at the next scan, not after retry_min: mail in flight when an agent
       // dies is not held back for minutes. It counts as an attempt, so a message that kills the agent every
       // time backs off as any other.
-      const lostFirst = m.agentLost && !m.deferredOtherwise && m.attempts === 1;
+      // (Also remembered here: should the attempt's record fail to reach the file, a full disk say, the count
+      // read back would allow the prompt retry again.)
+      const lostFirst = m.agentLost && !m.deferredOtherwise && m.attempts === 1 && !promptRetried.has(m.id);
+      if (lostFirst) {
+        if (promptRetried.size >= cfg.queue.active_limit) promptRetried.clear();
+        promptRetried.add(m.id);
+      }
       m.agentLost = false;
       m.deferredOtherwise = false;
       const delay = lostFirst ? 0 : Math.min(retryMax, retryMin * 2 ** Math.min(30, m.attempts - 1));

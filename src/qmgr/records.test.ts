@@ -36,3 +36,11 @@ test('a recipient once sent stays sent: a later deferral (its agent died after m
   assert.equal(r.last.get(0)!.state, 'sent');
   assert.equal(r.last.get(1)!.state, 'deferred', 'a bounce can be taken back (its DSN could not be sent)');
 });
+
+test('a later sent record replaces an agent\'s mark: the success DSN it owed, once sent, is not owed again', () => {
+  const mark: StateRecord = { ...rec(0, 'sent'), success_owed: true, relayed: 'plain' };
+  const r = readRecords([mark, rec(1, 'deferred', 't1', 1), rec(0, 'sent'), rec(0, 'deferred', 't2', 2)]);
+  assert.equal(r.last.get(0)!.state, 'sent');
+  assert.equal(r.last.get(0)!.success_owed, undefined);
+  assert.equal(r.attempts, 2, 'the deferral after sent still counts toward the backoff');
+});

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// What a queue file's state records say when qmgr loads it: each recipient's last record (or its sent one),
-// whether a delay DSN went out, and how many rounds tried a delivery (the backoff exponent).
+// What a queue file's state records say when qmgr loads it: each recipient's record (recipientRecords: the
+// last, a sent one final), whether a delay DSN went out, and how many rounds tried a delivery (the backoff).
 
-import type { StateRecord } from '../queue/index.ts';
+import { recipientRecords, type StateRecord } from '../queue/index.ts';
 
 /** The state a message resumes with. */
 export interface LoadedRecords {
@@ -17,7 +17,6 @@ export interface LoadedRecords {
  * per deferred round, shared by its recipients (counting records would double the backoff).
  */
 export function readRecords(records: readonly StateRecord[]): LoadedRecords {
-  const last = new Map<number, StateRecord>();
   let warned = false;
   const rounds = new Set<string>();
   let attempts = -1;
@@ -26,11 +25,7 @@ export function readRecords(records: readonly StateRecord[]): LoadedRecords {
     else if (typeof r.rcpt === 'number') {
       if (r.state === 'deferred' && r.next) rounds.add(r.next);
       if (r.state === 'deferred' && typeof r.attempts === 'number') attempts = Math.max(attempts, r.attempts);
-      // Sent is final. A delivery agent marks a recipient sent before it answers qmgr; an agent that died
-      // after its mark but before its answer leaves qmgr recording the job deferred after the mark, and that
-      // record must not send the message a second time.
-      if (last.get(r.rcpt)?.state !== 'sent') last.set(r.rcpt, r);
     }
   }
-  return { last, warned, attempts: attempts >= 0 ? attempts : rounds.size };
+  return { last: recipientRecords(records), warned, attempts: attempts >= 0 ? attempts : rounds.size };
 }

@@ -51,6 +51,22 @@ export interface StateRecord {
   readonly targets?: readonly FailedTarget[];
 }
 
+/**
+ * Each recipient's state record as readers take it: the last one, except that after a `sent` record only
+ * another `sent` counts. A delivery agent marks a recipient sent before it answers qmgr; when the agent died
+ * after its mark but before its answer arrived, qmgr recorded the job deferred after the mark, and that
+ * record must not make the recipient deliverable again. (A later `sent`, qmgr's own after the success DSN
+ * its mark owed, does replace it.)
+ */
+export function recipientRecords(records: readonly StateRecord[]): Map<number, StateRecord> {
+  const last = new Map<number, StateRecord>();
+  for (const r of records) {
+    if (typeof r.rcpt !== 'number') continue;
+    if (last.get(r.rcpt)?.state !== 'sent' || r.state === 'sent') last.set(r.rcpt, r);
+  }
+  return last;
+}
+
 /** Formats the lengths line. */
 export function lengthsLine(envLen: number, msgLen: number): string {
   return `L ${String(envLen).padStart(10, '0')} ${String(msgLen).padStart(16, '0')}\n`;

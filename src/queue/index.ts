@@ -5,4 +5,4 @@
 export { QueueStore, readQueueFile, readHeaderSection, readFully, appendRecordsSync, MESSAGE_STATES, fsyncDirSync, type MessageState, type QueueEntry } from './store.ts';
 export type { QueueWriter } from './writer.ts';
 export { createIdGenerator, idTime, QUEUE_ID } from './id.ts';
-export { CorruptQueueFile, type QueueEnvelope, type StateRecord, type RecipientState, type ParsedQueueFile } from './format.ts';
+export { CorruptQueueFile, recipientRecords, type QueueEnvelope, type StateRecord, type RecipientState, type ParsedQueueFile } from './format.ts';

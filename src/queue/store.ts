@@ -11,7 +11,7 @@ import { COMMITTED_MODE, isCommittedMode, ReservedFiles } from './reserved.ts';
 import { FileWriter, type QueueWriter } from './writer.ts';
 import { createIdGenerator, QUEUE_ID } from './id.ts';
 import {
-  CorruptQueueFile, HEADER_SIZE, MAGIC, parseHead, parseTail, stateLine,
+  CorruptQueueFile, HEADER_SIZE, MAGIC, parseHead, parseTail, recipientRecords, stateLine,
   type ParsedQueueFile, type QueueEnvelope, type RecipientState, type StateRecord,
 } from './format.ts';
 import type { Envelope } from '../core/envelope.ts';
@@ -346,9 +346,7 @@ function parseLengths(b: Buffer): { envLen: number } | null {
 }
 
 function toEntry(id: string, state: MessageState, q: ParsedQueueFile): QueueEntry {
-  const last = new Map<number, StateRecord>();
-  // As qmgr reads them (src/qmgr/records.ts): the last record, except that sent is final.
-  for (const r of q.records) if (typeof r.rcpt === 'number' && last.get(r.rcpt)?.state !== 'sent') last.set(r.rcpt, r);
+  const last = recipientRecords(q.records);
   return {
     id,
     state,
