@@ -15,7 +15,7 @@ import { QueueStore, QUEUE_ID, recipientRecords, type MessageState, type StateRe
 import { buildDsn } from '../bounce/index.ts';
 import { createRouter } from './route.ts';
 import { Destinations, destinationTable, type QueuedJob } from './destinations.ts';
-import { dsnLists, dsnRecipient, expire, messageOf, type Msg } from './message.ts';
+import { dsnLists, dsnRecipient, expire, messageOf, retryDelay, type Msg } from './message.ts';
 import { classify, compileOverrides } from '../core/classify.ts';
 import { createControl, type ControlAnswer, type QmgrCommand } from './control.ts';
 
@@ -303,20 +303,15 @@ export function createQmgr(deps: QmgrDeps, cfg: Config): Qmgr {
       }
       if (m.tried || m.attempts === 0) m.attempts++;
       m.tried = false;
-      // A first attempt lost with its delivery agent (it died mid-delivery: no server answered, nothing else
-      // deferred a recipient) is made again at the next scan, not after retry_min: mail in flight when an agent
-      // dies is not held back for minutes. It counts as an attempt, so a message that kills the agent every
-      // time backs off as any other.
-      // (Also remembered here: should the attempt's record fail to reach the file, a full disk say, the count
-      // read back would allow the prompt retry again.)
-      const lostFirst = m.agentLost && !m.deferredOtherwise && m.attempts === 1 && !promptRetried.has(m.id);
-      if (lostFirst) {
+      // The prompt retry of a first attempt lost with its agent is remembered here too: should the attempt's
+      // record fail to reach the file (a full disk), the count read back would allow it again.
+      const { delay, prompt } = retryDelay(m, promptRetried.has(m.id), retryMin, retryMax);
+      if (prompt) {
         if (promptRetried.size >= cfg.queue.active_limit) promptRetried.clear();
         promptRetried.add(m.id);
       }
       m.agentLost = false;
       m.deferredOtherwise = false;
-      const delay = lostFirst ? 0 : Math.min(retryMax, retryMin * 2 ** Math.min(30, m.attempts - 1));
       await toDeferred(m, t + delay);
     } catch (e) {
       log.error({ event: 'qmgr-error', qid: m.id, err: (e as Error).message });

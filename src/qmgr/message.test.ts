@@ -2,11 +2,11 @@
 // Unit tests for an active message's recipients: loading them from the file's records, the queue lifetime,
 // and which recipients each kind of DSN reports.
 
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ParsedQueueFile, StateRecord } from '../queue/index.ts';
 import type { DsnRecipient } from '../bounce/index.ts';
-import { dsnLists, dsnRecipient, expire, messageOf } from './message.ts';
+import { dsnLists, dsnRecipient, expire, messageOf, retryDelay } from './message.ts';
 
 const ARRIVAL = Date.parse('2026-11-28T00:00:00Z');
 
@@ -117,4 +117,25 @@ test('an alias that bounced for some targets is reported as those targets, expan
   assert.deepEqual(dsnRecipient(m.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL).map((x) => [x.address, x.status]), [['team@mx.test', '5.4.7']]);
   const utf8 = messageOf('01ABCDEFGHJKMNPQ', file('a@x.test', [{ address: 'équipe@mx.test' }], [{ rcpt: 0, state: 'bounced', dsn: '5.1.1', reply: 'x', at, targets: targets.slice(0, 1) }]));
   assert.equal(dsnRecipient(utf8.rcpts[0]!, 'failed', ARRIVAL, ARRIVAL)[0]!.orcpt, 'utf-8;équipe@mx.test');
+});
+
+describe('retryDelay', () => {
+  const MIN = 60_000;
+  const MAX = 3_600_000;
+  const round = (attempts: number, agentLost = false, deferredOtherwise = false) => ({ attempts, agentLost, deferredOtherwise });
+
+  test('the backoff doubles from retry_min up to retry_max', () => {
+    assert.deepEqual([1, 2, 3, 7, 40].map((a) => retryDelay(round(a), false, MIN, MAX).delay), [MIN, 2 * MIN, 4 * MIN, MAX, MAX]);
+  });
+
+  test('a first attempt lost with its delivery agent is made again at once, once', () => {
+    assert.deepEqual(retryDelay(round(1, true), false, MIN, MAX), { delay: 0, prompt: true });
+    assert.deepEqual(retryDelay(round(1, true), true, MIN, MAX), { delay: MIN, prompt: false }, 'already done once');
+    assert.deepEqual(retryDelay(round(2, true), false, MIN, MAX), { delay: 2 * MIN, prompt: false }, 'a second attempt backs off');
+  });
+
+  test('not when a server (or a dead destination) deferred a recipient in the same round', () => {
+    assert.deepEqual(retryDelay(round(1, true, true), false, MIN, MAX), { delay: MIN, prompt: false });
+    assert.deepEqual(retryDelay(round(1, false, true), false, MIN, MAX), { delay: MIN, prompt: false });
+  });
 });

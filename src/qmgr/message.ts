@@ -53,6 +53,18 @@ export interface Msg {
   unsaved: StateRecord[];
 }
 
+/**
+ * How long a message waits in deferred/ after a round (ms), its attempts already counted for the round. The
+ * backoff doubles from retry_min up to retry_max. A first attempt lost with its delivery agent (it died
+ * mid-delivery: no server answered, nothing else deferred a recipient) waits for nothing, once: mail in flight
+ * when an agent dies is not held back for minutes, and a message that kills the agent every time backs off
+ * as any other from its second attempt. `prompt`: this is that once.
+ */
+export function retryDelay(m: Pick<Msg, 'agentLost' | 'deferredOtherwise' | 'attempts'>, promptDone: boolean, retryMinMs: number, retryMaxMs: number): { delay: number; prompt: boolean } {
+  if (m.agentLost && !m.deferredOtherwise && m.attempts === 1 && !promptDone) return { delay: 0, prompt: true };
+  return { delay: Math.min(retryMaxMs, retryMinMs * 2 ** Math.min(30, Math.max(0, m.attempts - 1))), prompt: false };
+}
+
 const DEFAULT_NOTIFY: readonly Notify[] = ['FAILURE', 'DELAY'];
 
 /** Whether the recipient's NOTIFY (default FAILURE,DELAY) asks for `what`. */
